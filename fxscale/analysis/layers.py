@@ -1,0 +1,243 @@
+"""Channel rules for leaf modules (conv, linear, norms, attention, pooling, activations)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.fx as fx
+from torch import nn
+
+from fxscale.analysis.context import Ctx
+from fxscale.analysis.labels import Part, concat
+
+ModuleRule = Callable[[Ctx, fx.Node, nn.Module], Any]
+
+UNARY_MODULES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax,
+)
+SPATIAL_MODULES: tuple[type, ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Upsample,
+    nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+)
+
+
+def _in(ctx: Ctx, node: fx.Node, i: int = 0) -> Any:
+    arg = node.args[i] if len(node.args) > i else None
+    return ctx.lab(arg), ctx.shape(arg)
+
+
+def channel_first_out(ctx: Ctx, node: fx.Node, ch: Any) -> list:
+    """Output labels of an [N, C, *spatial] op: channel label at dim 1, spatial dims unlabelled."""
+    shape = ctx.shape(node)
+    return [None, ch] + [None] * (len(shape) - 2)
+
+
+def unary(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """Shape-preserving elementwise module: labels pass through."""
+    labels, _ = _in(ctx, node)
+    if isinstance(mod, nn.PReLU) and mod.num_parameters > 1:
+        u, _seen = ctx.use(node.target, "prelu")
+        u.params["weight"] = {0: (labels[1], "select")}
+    return labels
+
+
+def spatial(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """Pooling/resizing module: channel dim passes, spatial dims change."""
+    labels, shape = _in(ctx, node)
+    if labels is None:
+        return None
+    return channel_first_out(ctx, node, labels[1] if len(shape) >= 3 else None) if len(shape) >= 3 else labels
+
+
+def conv(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """ConvNd: consumer of the input channels, producer of the output channels (grouped/depthwise aware)."""
+    labels, shape = _in(ctx, node)
+    name = node.target
+    lin = ctx.need(labels[1] if labels else None, shape[1], f"input of {name}")
+    u, seen = ctx.use(name, "conv")
+    g, cin, cout = mod.groups, mod.in_channels, mod.out_channels
+    if seen:
+        ctx.tie(u.inputs[0], lin, f"{name} (called twice)")
+        return channel_first_out(ctx, node, u.outputs[0])
+    u.inputs.append(lin)
+    if g == cin and g > 1:  # depthwise (with channel multiplier cout // cin)
+        lout = tuple(Part(p.atom, p.inner * (cout // cin)) for p in ctx.atoms.expand(lin))
+        u.extra["depthwise"] = cout // cin  # channel multiplier
+        u.params["weight"] = {0: (lout, "select")}
+    else:
+        u.producer = True
+        if g > 1:
+            lin, lout = _grouped(ctx, name, lin, cout, g)
+        else:
+            lout = ctx.atoms.label(cout, name)
+        u.params["weight"] = {0: (lout, "select"), 1: (_per_group(lin, g, ctx), "reduce")}
+    if mod.bias is not None:
+        u.params["bias"] = {0: (lout, "select")}
+    u.outputs.append(lout)
+    return channel_first_out(ctx, node, lout)
+
+
+def _grouped(ctx: Ctx, name: str, lin: tuple, cout: int, g: int) -> tuple:
+    """Refine input/output of a grouped conv into g equal parts: input parts share one index map."""
+    per_in = ctx.atoms.label(ctx.atoms.width(lin) // g, f"{name} group input")
+    ctx.tie(lin, per_in * g, f"{name} groups={g}")
+    parts = [ctx.atoms.label(cout // g, name) for _ in range(g)]
+    for p in parts[1:]:
+        ctx.atoms.tie_sizes(parts[0][0].atom, p[0].atom)
+    return per_in * g, concat(parts)
+
+
+def _per_group(lin: tuple, g: int, ctx: Ctx) -> tuple:
+    """The label of a grouped conv weight's input dim (one group's slice)."""
+    return lin if g == 1 else lin[: len(lin) // g]
+
+
+def conv_transpose(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """ConvTransposeNd: weight is [in, out/groups, *k]."""
+    labels, shape = _in(ctx, node)
+    name = node.target
+    lin = ctx.need(labels[1] if labels else None, shape[1], f"input of {name}")
+    u, seen = ctx.use(name, "convT")
+    if seen:
+        ctx.tie(u.inputs[0], lin, f"{name} (called twice)")
+        return channel_first_out(ctx, node, u.outputs[0])
+    if mod.groups != 1:
+        ctx.atoms.freeze(lin, f"{name}: grouped ConvTranspose is not rewritten")
+    lout = ctx.atoms.label(mod.out_channels, name)
+    u.producer = True
+    if mod.groups != 1:
+        ctx.atoms.freeze(lout, f"{name}: grouped ConvTranspose is not rewritten")
+    u.inputs.append(lin)
+    u.outputs.append(lout)
+    u.params["weight"] = {0: (lin, "reduce"), 1: (lout, "select")}
+    if mod.bias is not None:
+        u.params["bias"] = {0: (lout, "select")}
+    return channel_first_out(ctx, node, lout)
+
+
+def linear(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """Linear on the last dim: consumer of in_features, producer of out_features."""
+    labels, shape = _in(ctx, node)
+    name = node.target
+    lin = ctx.need(labels[-1] if labels else None, shape[-1], f"input of {name}")
+    u, seen = ctx.use(name, "linear")
+    if seen:
+        ctx.tie(u.inputs[0], lin, f"{name} (called twice)")
+        lout = u.outputs[0]
+    else:
+        lout = ctx.atoms.label(mod.out_features, name)
+        u.producer = True
+        u.inputs.append(lin)
+        u.outputs.append(lout)
+        u.params["weight"] = {0: (lout, "select"), 1: (lin, "reduce")}
+        if mod.bias is not None:
+            u.params["bias"] = {0: (lout, "select")}
+    return list(labels[:-1]) + [lout] if labels else [None] * (len(shape) - 1) + [lout]
+
+
+def batchnorm(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """BatchNorm/InstanceNorm: per-channel follower (affine params and running stats)."""
+    labels, shape = _in(ctx, node)
+    ch = ctx.need(labels[1] if labels else None, shape[1], f"input of {node.target}")
+    u, _seen = ctx.use(node.target, "bn")
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(mod, p, None) is not None:
+            if p in u.params:
+                ctx.tie(u.params[p][0][0], ch, f"{node.target} (called twice)")
+            u.params[p] = {0: (ch, "select")}
+    out = list(labels) if labels else [None] * len(shape)
+    out[1] = ch
+    return out
+
+
+def groupnorm(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """GroupNorm: follower whose width must stay divisible by num_groups."""
+    out = batchnorm(ctx, node, mod)
+    ctx.uses[node.target].kind = "gn"
+    ctx.atoms.require_divisor(out[1], mod.num_groups)
+    return out
+
+
+def layernorm(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """LayerNorm over the last dim: follower (other normalized dims freeze the channel)."""
+    labels, shape = _in(ctx, node)
+    u, _seen = ctx.use(node.target, "ln")
+    last = ctx.need(labels[-1] if labels else None, shape[-1], f"input of {node.target}")
+    if len(mod.normalized_shape) != 1:
+        ctx.atoms.freeze(last, f"{node.target}: LayerNorm over {len(mod.normalized_shape)} dims")
+    for p in ("weight", "bias"):
+        if getattr(mod, p, None) is not None:
+            u.params[p] = {0: (last, "select")}
+    return list(labels[:-1]) + [last] if labels else [None] * (len(shape) - 1) + [last]
+
+
+def mha(ctx: Ctx, node: fx.Node, mod: nn.MultiheadAttention) -> Any:
+    """nn.MultiheadAttention: q/k/v/out share the embed space, split into num_heads equal parts."""
+    name = node.target
+    args = list(node.args) + [node.kwargs.get(k) for k in ("query", "key", "value")[len(node.args):]]
+    q, k, v = args[:3]
+    lq, sq = ctx.lab(q), ctx.shape(q)
+    embed = ctx.need(lq[-1] if lq else None, sq[-1], f"input of {name}")
+    for other in (k, v):
+        lo = ctx.lab(other)
+        if mod._qkv_same_embed_dim:
+            ctx.tie(embed, ctx.need(lo[-1] if lo else None, ctx.shape(other)[-1], name), name)
+        else:
+            ctx.atoms.freeze(embed, f"{name}: kdim/vdim differ from embed_dim")
+    h = mod.num_heads
+    head = ctx.atoms.label(mod.embed_dim // h, f"{name} head")
+    heads = [ctx.atoms.label(mod.embed_dim // h, f"{name} head") for _ in range(h)]
+    for p in heads:
+        ctx.atoms.tie_sizes(head[0].atom, p[0].atom)
+    ctx.tie(embed, concat(heads), f"{name} heads={h}")
+    u, _seen = ctx.use(name, "mha")
+    u.inputs.append(embed)
+    u.outputs.append(embed)
+    qkv = embed * 3
+    u.params.update({"in_proj_weight": {0: (qkv, "select"), 1: (embed, "reduce")},
+                     "out_proj.weight": {0: (embed, "select"), 1: (embed, "reduce")}})
+    if mod.in_proj_bias is not None:
+        u.params["in_proj_bias"] = {0: (qkv, "select")}
+    if mod.out_proj.bias is not None:
+        u.params["out_proj.bias"] = {0: (embed, "select")}
+    for extra in ("bias_k", "bias_v"):
+        if getattr(mod, extra, None) is not None:
+            u.params[extra] = {2: (embed, "select")}
+    out = list(lq[:-1]) + [embed] if lq else [None] * (len(sq) - 1) + [embed]
+    wshape = ctx.shape(node)[1]
+    return (out, [None] * len(wshape) if wshape is not None else None)
+
+
+def flatten_module(ctx: Ctx, node: fx.Node, mod: nn.Flatten) -> Any:
+    """nn.Flatten: a reshape merging dims start..end."""
+    from fxscale.analysis.ops import reshape_labels
+    return reshape_labels(ctx, node, node.args[0], None)
+
+
+MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule]] = [
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose),
+    ((nn.Linear,), linear),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+      nn.InstanceNorm3d, nn.SyncBatchNorm), batchnorm),
+    ((nn.GroupNorm,), groupnorm),
+    ((nn.LayerNorm,), layernorm),
+    ((nn.MultiheadAttention,), mha),
+    ((nn.Flatten,), flatten_module),
+    (UNARY_MODULES, unary),
+    (SPATIAL_MODULES, spatial),
+]
+
+
+def get_module_rule(mod: nn.Module) -> ModuleRule | None:
+    """The rule for a leaf module type (exact type first, then isinstance), or None."""
+    for types, rule in MODULE_RULES:
+        if type(mod) in types:
+            return rule
+    for types, rule in MODULE_RULES:
+        if isinstance(mod, types):
+            return rule
+    return None

@@ -1,0 +1,498 @@
+"""Channel rules for call_function / call_method nodes (elementwise, reshape, permute, cat, split, ...)."""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from fxscale.analysis.context import Ctx
+from fxscale.analysis.labels import Incompatible, Part, concat, with_inner
+
+OpRule = Callable[[Ctx, fx.Node], Any]
+
+
+def _dim(d: int, nd: int) -> int:
+    return d + nd if d < 0 else d
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+def elementwise(ctx: Ctx, node: fx.Node) -> Any:
+    """Broadcasting elementwise op: tie the channel labels of every operand dim that is not broadcast."""
+    shape = ctx.shape(node)
+    if not isinstance(shape, tuple) or (shape and not isinstance(shape[0], int)):
+        return None
+    nd = len(shape)
+    out: list = [None] * nd
+    unlabelled = [False] * nd
+    for a in list(node.args) + list(node.kwargs.values()):
+        la, sa = ctx.lab(a), ctx.shape(a)
+        if not isinstance(la, list):
+            continue
+        off = nd - len(sa)
+        for i, (s, lab) in enumerate(zip(sa, la)):
+            j = off + i
+            if s == 1 and shape[j] != 1:
+                continue
+            if lab is None:
+                unlabelled[j] = True
+            elif out[j] is None:
+                out[j] = lab
+            else:
+                ctx.tie(out[j], lab, f"node {node.name}")
+    for j in range(nd):
+        if unlabelled[j] and out[j] is not None and j > 0:
+            ctx.atoms.freeze(out[j], f"node {node.name}: channel dim combined with a non-channel dim")
+    return out
+
+
+def passthrough(ctx: Ctx, node: fx.Node) -> Any:
+    """Shape-preserving op on its first argument."""
+    return ctx.lab(node.args[0]) if node.args else None
+
+
+def spatial_fn(ctx: Ctx, node: fx.Node) -> Any:
+    """Pooling/interpolation function: the channel dim (1) passes, spatial dims change."""
+    labels = ctx.lab(node.args[0])
+    shape = ctx.shape(node)
+    if not isinstance(labels, list) or not isinstance(shape, tuple):
+        return None
+    return [labels[0], labels[1]] + [None] * (len(shape) - 2)
+
+
+def reduce_dims(ctx: Ctx, node: fx.Node) -> Any:
+    """mean/sum/amax over dims: reduced channel dims are frozen, the others pass."""
+    labels, shape_in = ctx.lab(node.args[0]), ctx.shape(node.args[0])
+    if not isinstance(labels, list):
+        return None
+    dims = _arg(node, 1, "dim")
+    keep = bool(_arg(node, 2, "keepdim", False))
+    nd = len(shape_in)
+    if dims is None:
+        ctx.freeze_value(labels, f"node {node.name}: reduction over all dims")
+        return [] if not keep else [None] * nd
+    dims = {_dim(d, nd) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    out = []
+    for i, lab in enumerate(labels):
+        if i in dims:
+            if lab is not None:
+                ctx.atoms.freeze(lab, f"node {node.name}: reduction over a channel dim")
+            if keep:
+                out.append(None)
+        else:
+            out.append(lab)
+    return out
+
+
+# ---- layout -----------------------------------------------------------------------------------
+def permute(ctx: Ctx, node: fx.Node) -> Any:
+    """permute(x, dims) / x.permute(*dims)."""
+    labels = ctx.lab(node.args[0])
+    dims = node.args[1:] if node.op == "call_method" else (_arg(node, 1, "dims"),)
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    nd = len(labels)
+    return [labels[_dim(d, nd)] for d in dims]
+
+
+def transpose(ctx: Ctx, node: fx.Node) -> Any:
+    """transpose/swapaxes of two dims."""
+    labels = list(ctx.lab(node.args[0]))
+    nd = len(labels)
+    a, b = _dim(_arg(node, 1, "dim0"), nd), _dim(_arg(node, 2, "dim1"), nd)
+    labels[a], labels[b] = labels[b], labels[a]
+    return labels
+
+
+def movedim(ctx: Ctx, node: fx.Node) -> Any:
+    """movedim(x, src, dst) for single ints."""
+    labels = list(ctx.lab(node.args[0]))
+    nd = len(labels)
+    src, dst = _dim(_arg(node, 1, "source"), nd), _dim(_arg(node, 2, "destination"), nd)
+    lab = labels.pop(src)
+    labels.insert(dst, lab)
+    return labels
+
+
+def _blocks(si: tuple, so: tuple) -> Optional[list]:
+    """Pair runs of input dims with runs of output dims whose sizes multiply to the same number."""
+    i = j = 0
+    out = []
+    while i < len(si) or j < len(so):
+        if i < len(si) and si[i] == 1 and (j >= len(so) or so[j] != 1):
+            out.append(([i], []))
+            i += 1
+            continue
+        if j < len(so) and so[j] == 1 and (i >= len(si) or si[i] != 1):
+            out.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(si) or j >= len(so):
+            return None
+        bi, bj, pi, pj = [i], [j], si[i], so[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                if i >= len(si):
+                    return None
+                pi *= si[i]
+                bi.append(i)
+                i += 1
+            else:
+                if j >= len(so):
+                    return None
+                pj *= so[j]
+                bj.append(j)
+                j += 1
+        out.append((bi, bj))
+    return out
+
+
+def _size_args(node: fx.Node) -> tuple[Optional[list], str]:
+    """The explicit size arguments of a view/reshape node, and where they sit."""
+    if node.target in ("view", "reshape") and node.op == "call_method":
+        rest = node.args[1:]
+        if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+            return list(rest[0]), "seq1"
+        return list(rest), "varargs"
+    if node.target is torch.reshape:
+        return list(_arg(node, 1, "shape")), "seq1"
+    return None, ""
+
+
+def reshape_labels(ctx: Ctx, node: fx.Node, src: Any, _unused: Any = None) -> Any:
+    """view/reshape/flatten as dimension factorisations: merges and splits of channel dims."""
+    labels, si, so = ctx.lab(src), ctx.shape(src), ctx.shape(node)
+    if not isinstance(labels, list):
+        return None
+    sizes, where = _size_args(node)
+    blocks = _blocks(tuple(si), tuple(so))
+    if blocks is None:
+        ctx.freeze_value(labels, f"node {node.name}: reshape {si} -> {so} not understood")
+        return [None] * len(so)
+    out: list = [None] * len(so)
+    for bi, bj in blocks:
+        labs = [labels[i] for i in bi if labels[i] is not None]
+        if not labs or not bj:
+            if labs:
+                ctx.freeze_value(labs, f"node {node.name}: channel dim squeezed away")
+            continue
+        if len(bi) == 1 and len(bj) == 1:
+            out[bj[0]] = labels[bi[0]]
+        elif len(bi) == 1:
+            out[bj[0]:bj[-1] + 1] = _split_dim(ctx, node, labels[bi[0]], bj, so, sizes)
+        elif len(bj) == 1 and len(labs) == 1:
+            c = next(i for i in bi if labels[i] is not None)
+            outer = math.prod(si[i] for i in bi if i < c)
+            inner = math.prod(si[i] for i in bi if i > c)
+            out[bj[0]] = with_inner(labels[c], inner) * outer
+        else:
+            ctx.freeze_value(labs, f"node {node.name}: reshape mixes several channel dims")
+            continue
+        for j in bj:
+            if out[j] is not None and sizes is not None and isinstance(sizes[j], int) and sizes[j] != -1:
+                ctx.literal(node, where, j, out[j])
+    return out
+
+
+def _split_dim(ctx: Ctx, node: fx.Node, lab: tuple, bj: list, so: tuple, sizes: Optional[list]) -> list:
+    """Factor one channel dim into several: one variable dim carries the channels, the others are fixed."""
+    def variable(j: int) -> bool:
+        return sizes is not None and (isinstance(sizes[j], fx.Node) or sizes[j] == -1)
+    var = [j for j in bj if variable(j)]
+    if len(var) > 1:
+        ctx.atoms.freeze(lab, f"node {node.name}: reshape splits a channel dim into several variable dims")
+        return [None] * len(bj)
+    v = var[0] if var else max(j for j in bj if so[j] > 1)
+    outer = math.prod(so[j] for j in bj if j < v)
+    inner = math.prod(so[j] for j in bj if j > v)
+    new = ctx.atoms.label(so[v], f"{node.name} factor")
+    try:
+        ctx.atoms.tie(lab, with_inner(new, inner) * outer)
+    except Incompatible as e:
+        ctx.atoms.freeze(lab, f"node {node.name}: {e}")
+        return [None] * len(bj)
+    return [new if j == v else None for j in bj]
+
+
+def flatten_fn(ctx: Ctx, node: fx.Node) -> Any:
+    """torch.flatten / x.flatten."""
+    return reshape_labels(ctx, node, node.args[0])
+
+
+def view_like(ctx: Ctx, node: fx.Node) -> Any:
+    """view/reshape/unflatten."""
+    return reshape_labels(ctx, node, node.args[0])
+
+
+def squeeze_unsqueeze(ctx: Ctx, node: fx.Node) -> Any:
+    """squeeze/unsqueeze: size-1 dims come and go."""
+    return reshape_labels(ctx, node, node.args[0])
+
+
+def expand(ctx: Ctx, node: fx.Node) -> Any:
+    """expand/repeat to a larger shape: existing dims keep labels, new dims are unlabelled."""
+    labels, shape = ctx.lab(node.args[0]), ctx.shape(node)
+    src = ctx.shape(node.args[0])
+    off = len(shape) - len(src)
+    out = [None] * off + [lab if src[i] == shape[off + i] else None for i, lab in enumerate(labels)]
+    sizes = list(node.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        return out
+    for j, lab in enumerate(out):
+        if lab is not None and j < len(sizes) and isinstance(sizes[j], int) and sizes[j] != -1:
+            ctx.literal(node, "varargs", j, lab)
+    return out
+
+
+def cat(ctx: Ctx, node: fx.Node) -> Any:
+    """torch.cat along a dim: concatenation of channel labels; other dims tied."""
+    tensors = _arg(node, 0, "tensors")
+    d = _arg(node, 1, "dim", 0)
+    labs = [ctx.lab(t) for t in tensors]
+    nd = len(ctx.shape(node))
+    d = _dim(d, nd)
+    out = list(labs[0])
+    for lab in labs[1:]:
+        for i in range(nd):
+            if i != d:
+                out[i] = _tie_or_keep(ctx, node, out[i], lab[i])
+    along = [lab[d] for lab in labs]
+    if all(a is not None for a in along):
+        out[d] = concat(along)
+    else:
+        for a in along:
+            if a is not None:
+                ctx.atoms.freeze(a, f"node {node.name}: concatenated with a non-channel dimension")
+        out[d] = None
+    return out
+
+
+def _tie_or_keep(ctx: Ctx, node: fx.Node, a: Any, b: Any) -> Any:
+    if a is None and b is None:
+        return None
+    ctx.tie(a, b, f"node {node.name}")
+    return a if a is not None else b
+
+
+def stack(ctx: Ctx, node: fx.Node) -> Any:
+    """torch.stack: a new unlabelled dim, every other dim tied."""
+    tensors = _arg(node, 0, "tensors")
+    d = _dim(_arg(node, 1, "dim", 0), len(ctx.shape(node)))
+    labs = [ctx.lab(t) for t in tensors]
+    out = list(labs[0])
+    for lab in labs[1:]:
+        out = [_tie_or_keep(ctx, node, a, b) for a, b in zip(out, lab)]
+    out.insert(d, None)
+    return out
+
+
+def split(ctx: Ctx, node: fx.Node) -> Any:
+    """split/chunk/unbind along a dim: the channel label is cut at the chunk boundaries."""
+    labels = ctx.lab(node.args[0])
+    shapes = ctx.shape(node)
+    nd = len(labels)
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    d = _dim(_arg(node, 1 if name == "unbind" else 2, "dim", 0), nd)
+    lab = labels[d]
+    sizes = [s[d] for s in shapes] if name != "unbind" else [1] * len(shapes)
+    pieces = _cut(ctx, node, lab, sizes) if lab is not None and name != "unbind" else [None] * len(shapes)
+    if name == "unbind" and lab is not None:
+        ctx.atoms.freeze(lab, f"node {node.name}: unbind over a channel dim")
+    if name in ("chunk", "split") and lab is not None and all(p is not None for p in pieces):
+        _equal_parts(ctx, node, pieces, sizes)
+    out = []
+    for piece in pieces:
+        lab_k = list(labels)
+        if name == "unbind":
+            lab_k.pop(d)
+        else:
+            lab_k[d] = piece
+        out.append(lab_k)
+    return tuple(out)
+
+
+def _cut(ctx: Ctx, node: fx.Node, lab: tuple, sizes: list) -> list:
+    """Slice a label into consecutive pieces of the given widths (refining atoms at the boundaries)."""
+    pieces = [ctx.atoms.label(s, f"{node.name}[{k}]") for k, s in enumerate(sizes)]
+    try:
+        ctx.atoms.tie(lab, concat(pieces))
+    except Incompatible as e:
+        ctx.atoms.freeze(lab, f"node {node.name}: {e}")
+        return [None] * len(sizes)
+    return pieces
+
+
+def _equal_parts(ctx: Ctx, node: fx.Node, pieces: list, sizes: list) -> None:
+    """chunk / split(int): pieces are defined relative to the total, so their widths stay equal."""
+    sec = _arg(node, 1, "split_size_or_sections")
+    if node.target == "split" or getattr(node.target, "__name__", "") == "split":
+        if isinstance(sec, (list, tuple)):
+            for k, piece in enumerate(pieces):
+                if isinstance(sec[k], int):
+                    ctx.literal(node, "seq1", k, piece)
+            return
+        if isinstance(sec, int):
+            ctx.literal(node, "arg", 1, pieces[0])
+    if len(set(sizes)) != 1:
+        ctx.freeze_value([p for p in pieces], f"node {node.name}: unequal chunks")
+        return
+    for p in pieces[1:]:
+        try:
+            ctx.atoms.tie_sizes(pieces[0][0].atom, p[0].atom)
+        except Incompatible as e:
+            ctx.atoms.freeze(p, f"node {node.name}: {e}")
+
+
+def getitem(ctx: Ctx, node: fx.Node) -> Any:
+    """Tuple element, or tensor indexing with ints/full slices/None/Ellipsis."""
+    src, idx = node.args
+    labels = ctx.lab(src)
+    if isinstance(labels, tuple):
+        return labels[idx] if isinstance(idx, int) and idx < len(labels) else None
+    if not isinstance(labels, list):
+        return None
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if Ellipsis in idx:
+        k = idx.index(Ellipsis)
+        fill = len(labels) - (len(idx) - 1 - sum(1 for i in idx if i is None))
+        idx = idx[:k] + (slice(None),) * fill + idx[k + 1:]
+    out, d = [], 0
+    src_shape = ctx.shape(src)
+    for it in idx:
+        if it is None:
+            out.append(None)
+            continue
+        lab = labels[d] if d < len(labels) else None
+        if isinstance(it, slice) and it == slice(None):
+            out.append(lab)
+        elif isinstance(it, slice) and lab is None:
+            out.append(None)
+        elif isinstance(it, int) and lab is None:
+            pass
+        else:
+            if lab is not None and not _full(it, src_shape[d]):
+                ctx.atoms.freeze(lab, f"node {node.name}: indexing into a channel dim")
+            if not isinstance(it, int):
+                out.append(None)
+        d += 1
+    out.extend(labels[d:])
+    return out
+
+
+def _full(it: Any, n: int) -> bool:
+    return isinstance(it, slice) and slice(*it.indices(n)) == slice(0, n, 1)
+
+
+def matmul(ctx: Ctx, node: fx.Node) -> Any:
+    """a @ b: the contracted dims are tied; batch dims broadcast."""
+    a, b = node.args[:2]
+    la, lb = ctx.lab(a), ctx.lab(b)
+    if not isinstance(la, list) or not isinstance(lb, list) or len(la) < 2 or len(lb) < 2:
+        ctx.freeze_value([la, lb] if False else la, f"node {node.name}: matmul of vectors")
+        return [None] * len(ctx.shape(node))
+    ctx.tie(la[-1], lb[-2], f"node {node.name}")
+    batch = la[:-2] if len(la) >= len(lb) else lb[:-2]
+    return list(batch) + [la[-2], lb[-1]]
+
+
+def layer_norm_fn(ctx: Ctx, node: fx.Node) -> Any:
+    """F.layer_norm(x, shape, weight, bias): weight/bias follow the last dim; the shape literal is rewritten."""
+    labels = ctx.lab(node.args[0])
+    shape = ctx.shape(node.args[0])
+    last = ctx.need(labels[-1], shape[-1], f"node {node.name}")
+    nshape = _arg(node, 1, "normalized_shape")
+    if not isinstance(nshape, (list, tuple)) or len(nshape) != 1:
+        ctx.atoms.freeze(last, f"node {node.name}: layer_norm over several dims")
+    elif isinstance(nshape[0], int):
+        ctx.literal(node, "seq1", 0, last)
+    for i, key in ((2, "weight"), (3, "bias")):
+        p = _arg(node, i, key)
+        if isinstance(p, fx.Node):
+            ctx.tie(last, (ctx.lab(p) or [None])[-1], f"node {node.name}")
+    return list(labels[:-1]) + [last]
+
+
+def unknown(ctx: Ctx, node: fx.Node) -> Any:
+    """Anything without a rule freezes the channels it touches."""
+    reason = f"node {node.name}: no channel rule for {node.op} {_target_name(node)}"
+    for a in list(node.args) + list(node.kwargs.values()):
+        for item in (a if isinstance(a, (list, tuple)) else [a]):
+            ctx.freeze_value(ctx.lab(item), reason)
+    return None
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else f"{getattr(t, '__module__', '')}.{getattr(t, '__name__', t)}"
+
+
+def ignore(ctx: Ctx, node: fx.Node) -> Any:
+    """Ops that produce no channel-carrying tensor (size, dim, asserts)."""
+    return None
+
+
+_ELEMENTWISE_FNS = [operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+                    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where]
+_UNARY_FNS = [F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.elu,
+              F.leaky_relu, F.dropout, F.dropout2d, F.softmax, F.log_softmax, F.mish, torch.relu, torch.sigmoid,
+              torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.clamp,
+              torch.softmax, operator.neg, F.hardtanh, torch.nn.functional.normalize]
+_SPATIAL_FNS = [F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate,
+                F.adaptive_avg_pool1d, F.max_pool1d, F.avg_pool1d, F.pad]
+_UNARY_METHODS = ["relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg", "sqrt", "clamp", "contiguous",
+                  "clone", "float", "half", "to", "type_as", "softmax", "detach", "pow", "mul_", "add_", "div_",
+                  "masked_fill", "clamp_min", "clamp_max", "abs_", "hardswish", "gelu"]
+_ELEMENTWISE_METHODS = ["add", "sub", "mul", "div", "maximum", "minimum", "__add__", "__mul__", "expand_as"]
+
+FUNCTION_RULES: dict[Any, OpRule] = {
+    **{f: elementwise for f in _ELEMENTWISE_FNS},
+    **{f: passthrough for f in _UNARY_FNS},
+    **{f: spatial_fn for f in _SPATIAL_FNS},
+    operator.getitem: getitem, torch.flatten: flatten_fn, torch.reshape: view_like, torch.permute: permute,
+    torch.transpose: transpose, torch.swapaxes: transpose, torch.movedim: movedim, torch.cat: cat,
+    torch.concat: cat, torch.stack: stack, torch.split: split, torch.chunk: split, torch.unbind: split,
+    torch.mean: reduce_dims, torch.sum: reduce_dims, torch.amax: reduce_dims, torch.matmul: matmul,
+    operator.matmul: matmul, torch.bmm: matmul, F.layer_norm: layer_norm_fn, torch._assert: ignore,
+    getattr: ignore, operator.floordiv: ignore, operator.eq: ignore, len: ignore, torch.squeeze: squeeze_unsqueeze,
+    torch.unsqueeze: squeeze_unsqueeze,
+}
+METHOD_RULES: dict[str, OpRule] = {
+    **{m: passthrough for m in _UNARY_METHODS},
+    **{m: elementwise for m in _ELEMENTWISE_METHODS},
+    "view": view_like, "reshape": view_like, "flatten": flatten_fn, "permute": permute, "transpose": transpose,
+    "swapaxes": transpose, "movedim": movedim, "mean": reduce_dims, "sum": reduce_dims, "amax": reduce_dims,
+    "split": split, "chunk": split, "unbind": split, "expand": expand, "repeat": expand, "size": ignore,
+    "dim": ignore, "squeeze": squeeze_unsqueeze, "unsqueeze": squeeze_unsqueeze, "matmul": matmul,
+}
+
+
+def _register_torchvision() -> None:
+    """torchvision functions that appear as call_function nodes (fx.wrap'ed)."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return
+    FUNCTION_RULES[stochastic_depth] = passthrough
+
+
+_register_torchvision()
+
+
+def get_op_rule(node: fx.Node) -> OpRule:
+    """The rule for a call_function / call_method node (unknown ops freeze their inputs)."""
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target, unknown)
+    return FUNCTION_RULES.get(node.target, unknown)
+
+
+__all__ = ["get_op_rule", "FUNCTION_RULES", "METHOD_RULES", "Part"]

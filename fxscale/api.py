@@ -1,0 +1,45 @@
+"""Public entry points: analyze a traced model and transform it with a ScalingPlan."""
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Optional
+
+import torch
+import torch.fx as fx
+
+from fxscale.analysis.graph import ChannelGraph, analyze
+from fxscale.errors import PlanError
+from fxscale.passes.channel_map import INITS, build_maps
+from fxscale.passes.resolution import RESOLUTION_MODES, resolution_pass
+from fxscale.passes.verify import verify
+from fxscale.passes.width import width_pass
+from fxscale.plan import ScalingPlan
+from fxscale.tracing import META
+
+
+def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, seed: int = 0,
+              noise: float = 0.0, importance: Optional[Mapping[str, torch.Tensor]] = None,
+              resolution_mode: str = "resize", cg: Optional[ChannelGraph] = None) -> fx.GraphModule:
+    """Return a verified copy of `gm` rescaled by `plan` (the input GraphModule is never mutated)."""
+    if init not in INITS:
+        raise PlanError(f"init must be one of {INITS}, got {init!r}")
+    if resolution_mode not in RESOLUTION_MODES:
+        raise PlanError(f"resolution_mode must be one of {RESOLUTION_MODES}, got {resolution_mode!r}")
+    if not isinstance(plan, ScalingPlan):
+        raise PlanError(f"plan must be a fxscale.ScalingPlan, got {type(plan).__name__}")
+    cg = cg if cg is not None and cg.gm is gm else analyze(gm)
+    plan.validate(cg)
+    new = copy.deepcopy(gm)
+    new.meta = copy.deepcopy(gm.meta)
+    report = {}
+    if plan.widths:
+        maps = build_maps(cg, plan, init, seed=seed, importance=importance)
+        report["width"] = width_pass(cg, maps, new, init, noise=noise, seed=seed)
+    res = plan.resolution
+    current = gm.meta[META].get("resolution")
+    if res is not None and tuple(res) != tuple(current or ()):
+        report["resolution"] = resolution_pass(new, tuple(res), resolution_mode)
+    verify(new)
+    new.meta[META]["transform"] = {"plan": plan.to_json(), "init": init, **{k: v for k, v in report.items()}}
+    new.train(gm.training)
+    return new

@@ -1,0 +1,1 @@
+"""Hardware side: device targets, timing protocol, trtexec/tegrastats parsing, cost and latency models."""

@@ -1,0 +1,1 @@
+"""Graph passes: width rewriting, resolution scaling, verification."""

@@ -1,0 +1,191 @@
+"""Width pass: rebuild every module/parameter touched by a changed channel group and carry the weights."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from fxscale.analysis.context import Use
+from fxscale.analysis.graph import ChannelGraph
+from fxscale.passes.channel_map import ChannelMaps
+
+
+def _get(root: nn.Module, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    mod_path, _, leaf = path.rpartition(".")
+    return (_get(root, mod_path) if mod_path else root), leaf
+
+
+def _set_tensor(owner: nn.Module, leaf: str, value: torch.Tensor, like: torch.Tensor) -> None:
+    """Replace a parameter or buffer keeping its kind and requires_grad."""
+    if isinstance(like, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad))
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = value.detach().clone()
+    else:
+        setattr(owner, leaf, value.detach().clone())
+
+
+def remap_tensor(cg: ChannelGraph, maps: ChannelMaps, t: torch.Tensor, dims: dict, fresh: torch.Tensor | None,
+                 divide: bool = True, noise: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Select/replicate along every labelled dim; consumer dims divide by replica counts; -1 takes `fresh`."""
+    out = t.detach()
+    fresh_mask = torch.zeros(0)
+    masks = []
+    for d, (label, mode) in sorted(dims.items()):
+        idx, cnt = maps.index(cg, label)
+        out = out.index_select(d, idx.clamp(min=0))
+        shape = [1] * out.dim()
+        shape[d] = -1
+        if mode == "reduce" and divide:
+            out = out / cnt.to(out.dtype).view(shape)
+        masks.append(((idx < 0).view(shape), d))
+        if noise and mode == "select":
+            rep = (cnt > 1).to(out.dtype).view(shape)
+            out = out + noise * out.abs().mean() * torch.randn(out.shape, generator=gen) * rep
+    if fresh is not None:
+        fresh_mask = torch.zeros(out.shape, dtype=torch.bool)
+        for m, _d in masks:
+            fresh_mask = fresh_mask | m.expand(out.shape)
+        out = torch.where(fresh_mask, fresh.to(out.dtype), out)
+    return out
+
+
+def _patch_attrs(mod: nn.Module, use: Use) -> None:
+    """Update size attributes of a rebuilt module from its new tensors."""
+    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+        mod.in_channels = mod.weight.shape[0]
+        mod.out_channels = mod.weight.shape[1] * mod.groups
+    elif isinstance(mod, nn.modules.conv._ConvNd):
+        mod.out_channels = mod.weight.shape[0]
+        mult = use.extra.get("depthwise")
+        if mult:
+            mod.groups = mod.in_channels = mod.out_channels // mult
+        else:
+            mod.in_channels = mod.weight.shape[1] * mod.groups
+    elif isinstance(mod, nn.Linear):
+        mod.out_features, mod.in_features = mod.weight.shape
+    elif isinstance(mod, nn.GroupNorm):
+        mod.num_channels = mod.weight.shape[0]
+    elif isinstance(mod, nn.modules.batchnorm._NormBase):
+        t = mod.weight if mod.weight is not None else mod.running_mean
+        mod.num_features = t.shape[0]
+    elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+        mod.normalized_shape = (mod.weight.shape[0],)
+    elif isinstance(mod, nn.MultiheadAttention):
+        e = mod.out_proj.weight.shape[0]
+        mod.embed_dim = mod.kdim = mod.vdim = e
+        mod.head_dim = e // mod.num_heads
+        mod.out_proj.in_features = mod.out_proj.out_features = e
+
+
+def _fresh_like(mod: nn.Module) -> nn.Module:
+    """A re-initialised copy (reset_parameters / reset_running_stats where available)."""
+    fresh = copy.deepcopy(mod)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if hasattr(m, "reset_running_stats"):
+            m.reset_running_stats()
+    return fresh
+
+
+def rebuild_module(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use: Use, init: str,
+                   noise: float, gen: torch.Generator) -> bool:
+    """Rebuild one module in `gm` in place; False if nothing about it changes."""
+    labels = [lab for dims in use.params.values() for lab, _m in dims.values()]
+    if not any(maps.changed(cg, lab) for lab in labels):
+        return False
+    old = _get(gm, use.name)
+    new = copy.deepcopy(old)
+    shapes = {}
+    for pname, dims in use.params.items():
+        t = _get(old, pname)
+        shapes[pname] = remap_tensor(cg, maps, t, dims, None)
+    for pname, value in shapes.items():
+        owner, leaf = _owner(new, pname)
+        _set_tensor(owner, leaf, value, _get(old, pname))
+    _patch_attrs(new, use)
+    if init == "reinit":
+        new = _fresh_like(new)
+    elif _has_fresh(cg, maps, labels):
+        fresh = _fresh_like(new)
+        for pname, dims in use.params.items():
+            owner, leaf = _owner(new, pname)
+            value = remap_tensor(cg, maps, _get(old, pname), dims, _get(fresh, pname), noise=noise, gen=gen)
+            _set_tensor(owner, leaf, value, _get(old, pname))
+    elif noise:
+        for pname, dims in use.params.items():
+            owner, leaf = _owner(new, pname)
+            value = remap_tensor(cg, maps, _get(old, pname), dims, None, noise=noise, gen=gen)
+            _set_tensor(owner, leaf, value, _get(old, pname))
+    owner, leaf = _owner(gm, use.name)
+    setattr(owner, leaf, new)
+    return True
+
+
+def _has_fresh(cg: ChannelGraph, maps: ChannelMaps, labels: list) -> bool:
+    return any(bool((maps.index(cg, lab)[0] < 0).any()) for lab in labels)
+
+
+def rebuild_param(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use: Use, init: str) -> bool:
+    """Rebuild a get_attr parameter/buffer (class tokens, position embeddings, layer-scale gammas)."""
+    dims = use.params.get("", {})
+    if not any(maps.changed(cg, lab) for lab, _m in dims.values()):
+        return False
+    old = _get(gm, use.name)
+    value = remap_tensor(cg, maps, old, dims, None)
+    if init != "preserve":  # new entries of prune/reinit start at zero (no replication)
+        value = remap_tensor(cg, maps, old, dims, torch.zeros_like(value))
+    owner, leaf = _owner(gm, use.name)
+    _set_tensor(owner, leaf, value, old)
+    return True
+
+
+def rewrite_literals(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule) -> int:
+    """Rewrite int literals in node args (reshape sizes, split sizes, layer_norm shapes) for new widths."""
+    from fxscale.analysis.graph import label_width
+    nodes = {n.name: n for n in gm.graph.nodes}
+    count = 0
+    for name, recs in cg.ctx.literals.items():
+        node = nodes[name]
+        args = list(node.args)
+        for where, i, label in recs:
+            w = label_width(cg.ctx, label, maps.sizes)
+            if where == "varargs":
+                if args[1 + i] != w:
+                    args[1 + i], count = w, count + 1
+            elif where == "seq1":
+                seq = list(args[1])
+                if seq[i] != w:
+                    seq[i], count = w, count + 1
+                args[1] = type(node.args[1])(seq) if isinstance(node.args[1], tuple) else seq
+            elif where == "arg" and args[i] != w:
+                args[i], count = w, count + 1
+        node.args = tuple(args)
+    return count
+
+
+def width_pass(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, init: str, noise: float = 0.0,
+               seed: int = 0) -> dict[str, int]:
+    """Apply new widths to `gm` (a copy of cg.gm) in place; returns counts of rebuilt things."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    mods = params = 0
+    for use in cg.ctx.uses.values():
+        if use.kind == "param":
+            params += rebuild_param(cg, maps, gm, use, init)
+        else:
+            mods += rebuild_module(cg, maps, gm, use, init, noise, gen)
+    lits = rewrite_literals(cg, maps, gm)
+    gm.graph.lint()
+    gm.recompile()
+    return {"modules": mods, "params": params, "literals": lits}
