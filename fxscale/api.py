@@ -17,6 +17,16 @@ from fxscale.plan import ScalingPlan
 from fxscale.tracing import META
 
 
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """Deep copy whose nodes own their fxscale metadata (fx copies node.meta shallowly)."""
+    new = copy.deepcopy(gm)
+    new.meta = copy.deepcopy(gm.meta)
+    for n in new.graph.nodes:
+        if META in n.meta:
+            n.meta[META] = dict(n.meta[META])
+    return new
+
+
 def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, seed: int = 0,
               noise: float = 0.0, importance: Optional[Mapping[str, torch.Tensor]] = None,
               resolution_mode: str = "resize", cg: Optional[ChannelGraph] = None) -> fx.GraphModule:
@@ -29,8 +39,7 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
         raise PlanError(f"plan must be a fxscale.ScalingPlan, got {type(plan).__name__}")
     cg = cg if cg is not None and cg.gm is gm else analyze(gm)
     plan.validate(cg)
-    new = copy.deepcopy(gm)
-    new.meta = copy.deepcopy(gm.meta)
+    new = copy_graph_module(gm)
     report = {}
     if plan.widths:
         maps = build_maps(cg, plan, init, seed=seed, importance=importance)

@@ -141,6 +141,14 @@ class Atoms:
             raise Incompatible(f"atoms of {self.size[a]} and {self.size[b]} channels")
         self._union_sized(a, b)
 
+    def tie_size_labels(self, la: tuple, lb: tuple) -> None:
+        """Require two labels of identical structure to keep equal sizes part by part."""
+        xa, xb = self.expand(la), self.expand(lb)
+        if len(xa) != len(xb) or any(p.inner != q.inner for p, q in zip(xa, xb)):
+            raise Incompatible("pieces have different channel structure")
+        for p, q in zip(xa, xb):
+            self.tie_sizes(p.atom, q.atom)
+
     def tie(self, la: Label, lb: Label) -> None:
         """Identity-tie two labels element by element, refining atoms where boundaries differ."""
         for _ in range(64):

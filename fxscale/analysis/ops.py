@@ -172,9 +172,11 @@ def _size_args(node: fx.Node) -> tuple[Optional[list], str]:
 def reshape_labels(ctx: Ctx, node: fx.Node, src: Any, _unused: Any = None) -> Any:
     """view/reshape/flatten as dimension factorisations: merges and splits of channel dims."""
     labels, si, so = ctx.lab(src), ctx.shape(src), ctx.shape(node)
-    if not isinstance(labels, list):
-        return None
     sizes, where = _size_args(node)
+    if not isinstance(labels, list):
+        out = [None] * len(so) if isinstance(so, tuple) else None
+        tie_size_args(ctx, node, out or [], sizes)
+        return out
     blocks = _blocks(tuple(si), tuple(so))
     if blocks is None:
         ctx.freeze_value(labels, f"node {node.name}: reshape {si} -> {so} not understood")
@@ -201,6 +203,7 @@ def reshape_labels(ctx: Ctx, node: fx.Node, src: Any, _unused: Any = None) -> An
         for j in bj:
             if out[j] is not None and sizes is not None and isinstance(sizes[j], int) and sizes[j] != -1:
                 ctx.literal(node, where, j, out[j])
+    tie_size_args(ctx, node, out, sizes)
     return out
 
 
@@ -348,15 +351,45 @@ def _equal_parts(ctx: Ctx, node: fx.Node, pieces: list, sizes: list) -> None:
         return
     for p in pieces[1:]:
         try:
-            ctx.atoms.tie_sizes(pieces[0][0].atom, p[0].atom)
+            ctx.atoms.tie_size_labels(pieces[0], p)
         except Incompatible as e:
+            ctx.atoms.freeze(pieces[0], f"node {node.name}: {e}")
             ctx.atoms.freeze(p, f"node {node.name}: {e}")
+
+
+def size_of(ctx: Ctx, node: fx.Node) -> Any:
+    """x.shape / x.size() / x.size(d): remember which channel label an int was read from."""
+    labels = ctx.lab(node.args[0])
+    if not isinstance(labels, list):
+        return None
+    if node.target is getattr and node.args[1] != "shape":
+        return None
+    d = _arg(node, 1, "dim") if node.op == "call_method" else None
+    if d is not None:
+        return {"size": labels[_dim(d, len(labels))]}
+    return {"sizes": labels}
+
+
+def tie_size_args(ctx: Ctx, node: fx.Node, out: list, sizes: Optional[list]) -> None:
+    """A reshape size read from another tensor's channel dim ties that dim to the output dim."""
+    for j, s in enumerate(sizes or []):
+        mark = ctx.lab(s) if isinstance(s, fx.Node) else None
+        src = mark.get("size") if isinstance(mark, dict) else None
+        if src is None or j >= len(out):
+            continue
+        if out[j] is None:
+            ctx.atoms.freeze(src, f"node {node.name}: reshape size taken from a channel dim")
+        else:
+            ctx.tie(out[j], src, f"node {node.name}")
 
 
 def getitem(ctx: Ctx, node: fx.Node) -> Any:
     """Tuple element, or tensor indexing with ints/full slices/None/Ellipsis."""
     src, idx = node.args
     labels = ctx.lab(src)
+    if isinstance(labels, dict):
+        sizes = labels.get("sizes")
+        return {"size": sizes[idx]} if sizes is not None and isinstance(idx, int) else None
     if isinstance(labels, tuple):
         return labels[idx] if isinstance(idx, int) and idx < len(labels) else None
     if not isinstance(labels, list):
@@ -463,7 +496,7 @@ FUNCTION_RULES: dict[Any, OpRule] = {
     torch.concat: cat, torch.stack: stack, torch.split: split, torch.chunk: split, torch.unbind: split,
     torch.mean: reduce_dims, torch.sum: reduce_dims, torch.amax: reduce_dims, torch.matmul: matmul,
     operator.matmul: matmul, torch.bmm: matmul, F.layer_norm: layer_norm_fn, torch._assert: ignore,
-    getattr: ignore, operator.floordiv: ignore, operator.eq: ignore, len: ignore, torch.squeeze: squeeze_unsqueeze,
+    getattr: size_of, operator.floordiv: ignore, operator.eq: ignore, len: ignore, torch.squeeze: squeeze_unsqueeze,
     torch.unsqueeze: squeeze_unsqueeze,
 }
 METHOD_RULES: dict[str, OpRule] = {
@@ -471,7 +504,7 @@ METHOD_RULES: dict[str, OpRule] = {
     **{m: elementwise for m in _ELEMENTWISE_METHODS},
     "view": view_like, "reshape": view_like, "flatten": flatten_fn, "permute": permute, "transpose": transpose,
     "swapaxes": transpose, "movedim": movedim, "mean": reduce_dims, "sum": reduce_dims, "amax": reduce_dims,
-    "split": split, "chunk": split, "unbind": split, "expand": expand, "repeat": expand, "size": ignore,
+    "split": split, "chunk": split, "unbind": split, "expand": expand, "repeat": expand, "size": size_of,
     "dim": ignore, "squeeze": squeeze_unsqueeze, "unsqueeze": squeeze_unsqueeze, "matmul": matmul,
 }
 

@@ -36,39 +36,52 @@ def _is_flatten(n: fx.Node) -> bool:
     return n.op in ("call_function", "call_method") and n.target in _FLATTENS
 
 
-def keep_flatten_features(gm: fx.GraphModule, old_shapes: dict[str, Any]) -> list[str]:
-    """Before every flatten/view whose 4-D input changed spatial size, pool back to the original size."""
-    fixed = []
+def pool_before_flattens(gm: fx.GraphModule) -> list[fx.Node]:
+    """Before every [N, C, H, W] -> [N, C*H*W] flatten (H*W > 1), pool back to the traced H, W."""
+    pools = []
     for n in list(gm.graph.nodes):
         if not _is_flatten(n) or not isinstance(n.args[0], fx.Node):
             continue
         src = n.args[0]
-        old, new = old_shapes.get(src.name), src.meta.get(META, {}).get("shape")
-        if not (isinstance(old, tuple) and isinstance(new, tuple) and len(old) == 4 and len(new) == 4):
+        old, out = src.meta.get(META, {}).get("shape"), n.meta.get(META, {}).get("shape")
+        if not (isinstance(old, tuple) and len(old) == 4 and isinstance(out, tuple) and len(out) == 2):
             continue
-        if old[2:] == new[2:] or old_shapes.get(n.name) == n.meta.get(META, {}).get("shape"):
+        if old[2] * old[3] == 1:
             continue
         with gm.graph.inserting_before(n):
             pool = gm.graph.call_function(F.adaptive_avg_pool2d, (src, tuple(old[2:])))
         n.replace_input_with(src, pool)
         pool.meta[META] = {"inserted": "keep C*H*W features"}
-        fixed.append(n.name)
-    return fixed
+        pools.append(pool)
+    return pools
+
+
+def drop_noop_pools(gm: fx.GraphModule, pools: list[fx.Node]) -> list[str]:
+    """Remove inserted pools whose input already has the target spatial size; return the kept ones."""
+    kept = []
+    for pool in pools:
+        src = pool.args[0]
+        if tuple(src.meta.get(META, {}).get("shape", ())[2:]) == tuple(pool.args[1]):
+            pool.replace_all_uses_with(src)
+            gm.graph.erase_node(pool)
+        else:
+            kept.append(next(iter(pool.users)).name)
+    return kept
 
 
 def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resize") -> dict[str, Any]:
     """Scale the input resolution of `gm` in place: 'resize' keeps the original input, 'input' changes it."""
     info = gm.meta[META]
     original = tuple(info["input_shapes"][0][2:])
-    old_shapes = {n.name: n.meta.get(META, {}).get("shape") for n in gm.graph.nodes}
+    pools = pool_before_flattens(gm)
     if mode == "resize":
         insert_resize(gm, size, original)
     gm.graph.lint()
     gm.recompile()
-    inputs = [torch.zeros(info["input_shapes"][0][:2] + ((tuple(size)) if mode == "input" else original),
+    inputs = [torch.zeros(tuple(info["input_shapes"][0][:2]) + (tuple(size) if mode == "input" else original),
                           dtype=info["input_dtypes"][0])]
     propagate_shapes(gm, *inputs)
-    fixed = keep_flatten_features(gm, old_shapes)
+    fixed = drop_noop_pools(gm, pools)
     gm.graph.lint()
     gm.recompile()
     if mode == "input":

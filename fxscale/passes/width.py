@@ -115,6 +115,8 @@ def rebuild_module(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use:
         owner, leaf = _owner(new, pname)
         _set_tensor(owner, leaf, value, _get(old, pname))
     _patch_attrs(new, use)
+    if use.kind == "mha" and init == "preserve":
+        _attention_fixup(cg, maps, use, new, old)
     if init == "reinit":
         new = _fresh_like(new)
     elif _has_fresh(cg, maps, labels):
@@ -131,6 +133,27 @@ def rebuild_module(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use:
     owner, leaf = _owner(gm, use.name)
     setattr(owner, leaf, new)
     return True
+
+
+def _replicas(cg: ChannelGraph, maps: ChannelMaps, label: tuple) -> torch.Tensor:
+    """Mask of new elements that are added copies (position >= the atom's old size)."""
+    at = cg.ctx.atoms
+    out = [torch.arange(maps.sizes.get(p.atom, at.size[p.atom])).repeat_interleave(p.inner) >= at.size[p.atom] * 1
+           for p in at.expand(label)]
+    return torch.cat(out)
+
+
+def _attention_fixup(cg: ChannelGraph, maps: ChannelMaps, use: Use, new: nn.Module, old: nn.Module) -> None:
+    """Keep q.k/sqrt(d) unchanged: zero the query rows of replicated channels, rescale by sqrt(d'/d)."""
+    e_new, h = new.embed_dim, new.num_heads
+    rep = _replicas(cg, maps, use.inputs[0])
+    scale = ((e_new / h) / (old.embed_dim / h)) ** 0.5
+    with torch.no_grad():
+        q = new.in_proj_weight[:e_new]
+        q.mul_(scale)[rep] = 0
+        if new.in_proj_bias is not None:
+            qb = new.in_proj_bias[:e_new]
+            qb.mul_(scale)[rep] = 0
 
 
 def _has_fresh(cg: ChannelGraph, maps: ChannelMaps, labels: list) -> bool:

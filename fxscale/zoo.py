@@ -1,0 +1,287 @@
+"""Model zoo: torchvision classifiers and small digits CNNs by name, test-size specs and seeded re-initialisation.
+
+googlenet and inception_v3 are built with ``aux_logits=True`` (and ``init_weights=True`` when no weights are
+given) so that train mode returns their auxiliary heads: a scaler that only looks at eval traces misses them.
+Small input sizes were measured on torchvision 0.29 (the smallest square input each builder accepts):
+most CNNs run from 8 px (alexnet 63, densenet 29, vgg/convnext 32, squeezenet1_1 17, googlenet 15),
+inception_v3 from 75 px in eval but only from 299 px in train mode (its aux head needs a 17x17 Mixed_6e map),
+ViTs and maxvit_t only at their fixed 224 px (``image_size``/``input_size`` kwargs change that), swin and
+swin_v2 from 8 px (they pad to the window size).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from fxscale.errors import FxscaleError
+
+REPRESENTATIVE_SLICE = (
+    "resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "shufflenet_v2_x1_0", "squeezenet1_1",
+    "vgg11_bn", "regnet_y_400mf", "convnext_tiny", "vit_b_16", "googlenet", "mobilenet_v3_small", "swin_t",
+)
+SLOW_PARAMS_MILLIONS = 150.0  # regnet_y_128gf, vit_h_14, vit_l_16/32, convnext_large: seconds to build each
+_AUX_MODELS = ("googlenet", "inception_v3")
+_FAMILY_PREFIXES = (
+    "wide_resnet", "resnext", "resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet_v2", "efficientnet",
+    "regnet_x", "regnet_y", "shufflenet_v2", "squeezenet", "densenet", "mnasnet", "convnext", "swin_v2", "swin",
+    "maxvit", "vit", "vgg", "alexnet", "googlenet", "inception_v3", "digits",
+)
+_SMALL_INPUT = MappingProxyType({"inception_v3": 75, "vit": 224, "maxvit": 224, "digits": 8})
+_FULL_INPUT = MappingProxyType({"inception_v3": 299, "digits": 8})
+_TRAIN_INPUT = MappingProxyType({"inception_v3": 299})
+DEFAULT_SMALL_INPUT = 64
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """What tests and benchmarks need to know about one zoo model."""
+
+    name: str
+    family: str
+    small_input_size: int  # square side used by fast tests (eval mode)
+    full_input_size: int  # the architecture's native resolution
+    train_input_size: int  # smallest tested side at which train mode (aux heads included) runs
+    params_millions: float
+    in_slice: bool
+    slow: bool
+    in_channels: int = 3
+    num_classes: int = 1000
+
+    def example_input(self, batch: int = 1, size: int | None = None) -> torch.Tensor:
+        """A random NCHW input at ``size`` (default: the small size)."""
+        side = self.small_input_size if size is None else size
+        return torch.randn(batch, self.in_channels, side, side)
+
+
+class DigitsVGG(nn.Module):
+    """VGG-style CNN for 1x8x8 digits: conv-BN-ReLU blocks, max-pools, adaptive pool, linear head."""
+
+    def __init__(self, widths: Sequence[int] = (16, 16, 32, 32, 64), pool_after: Sequence[int] = (1, 3),
+                 in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, width in enumerate(widths):
+            layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2))
+            cin = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape [N, num_classes]."""
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class DigitsResNet(nn.Module):
+    """ResNet-style CNN for 1x8x8 digits: torchvision BasicBlocks with identity and projection shortcuts."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32), blocks: Sequence[int] = (2, 2),
+                 in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, cin = [], widths[0]
+        for i, (width, depth) in enumerate(zip(widths, blocks)):
+            stages.append(_resnet_stage(cin, width, depth, stride=1 if i == 0 else 2))
+            cin = width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape [N, num_classes]."""
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+def _resnet_stage(cin: int, width: int, depth: int, stride: int) -> nn.Sequential:
+    """``depth`` BasicBlocks; the first gets a 1x1 conv-BN projection when shape changes."""
+    down = None
+    if stride != 1 or cin != width:
+        down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+    blocks = [BasicBlock(cin, width, stride, down)] + [BasicBlock(width, width) for _ in range(depth - 1)]
+    return nn.Sequential(*blocks)
+
+
+def digits_vgg(**kwargs: object) -> nn.Module:
+    """Small VGG-style digits CNN (~35k parameters)."""
+    return DigitsVGG(**kwargs)  # type: ignore[arg-type]
+
+
+def digits_resnet(**kwargs: object) -> nn.Module:
+    """Small ResNet-style digits CNN (~43k parameters)."""
+    return DigitsResNet(**kwargs)  # type: ignore[arg-type]
+
+
+_LOCAL_MODELS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
+    {"digits_vgg": digits_vgg, "digits_resnet": digits_resnet})
+
+
+def _torchvision_names() -> list[str]:
+    """Every torchvision classification builder name."""
+    return list(tvm.list_models(module=tvm))
+
+
+def _all_names() -> list[str]:
+    """Torchvision and built-in model names, sorted."""
+    return sorted(_torchvision_names() + list(_LOCAL_MODELS))
+
+
+def _unknown(name: str) -> FxscaleError:
+    """An error for an unknown model name that lists close matches."""
+    close = difflib.get_close_matches(name, _all_names(), n=5, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see fxscale.zoo.list_models()"
+    return FxscaleError(f"unknown model {name!r}{hint}")
+
+
+def family_of(name: str) -> str:
+    """The architecture family of a zoo name (``resnet`` for resnet18, ``swin_v2`` for swin_v2_t)."""
+    return next((p for p in _FAMILY_PREFIXES if name.startswith(p)), name)
+
+
+def _params_millions(name: str) -> float:
+    """Parameter count in millions: torchvision weight metadata (no aux heads), or a built local model."""
+    if name in _LOCAL_MODELS:
+        return sum(p.numel() for p in _LOCAL_MODELS[name]().parameters()) / 1e6
+    return tvm.get_model_weights(name).DEFAULT.meta["num_params"] / 1e6
+
+
+def get_spec(name: str) -> ZooSpec:
+    """Test and benchmark facts about a zoo model."""
+    if name not in _LOCAL_MODELS and name not in _torchvision_names():
+        raise _unknown(name)
+    family = family_of(name)
+    small = _SMALL_INPUT.get(name, _SMALL_INPUT.get(family, DEFAULT_SMALL_INPUT))
+    local = name in _LOCAL_MODELS
+    params = _params_millions(name)
+    return ZooSpec(name=name, family=family, small_input_size=small,
+                   full_input_size=_FULL_INPUT.get(family, 224), train_input_size=_TRAIN_INPUT.get(name, small),
+                   params_millions=params, in_slice=name in REPRESENTATIVE_SLICE,
+                   slow=params > SLOW_PARAMS_MILLIONS, in_channels=1 if local else 3,
+                   num_classes=10 if local else 1000)
+
+
+def list_models(include_slow: bool = True) -> list[str]:
+    """All torchvision classification builders plus the built-in digits models, sorted."""
+    names = _all_names()
+    return names if include_slow else [n for n in names if not get_spec(n).slow]
+
+
+def representative_slice() -> list[str]:
+    """The fast cross-section of architectures used by default tests and benchmarks."""
+    return list(REPRESENTATIVE_SLICE)
+
+
+def create_model(name: str, weights: str | None = None, num_classes: int | None = None,
+                 **kwargs: object) -> nn.Module:
+    """Build a zoo model by name; ``weights`` is forwarded to torchvision (None: random init, no download)."""
+    if name in _LOCAL_MODELS:
+        if weights is not None:
+            raise FxscaleError(f"model {name!r} has no pretrained weights (got weights={weights!r})")
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return _LOCAL_MODELS[name](**kwargs)
+    if name not in _torchvision_names():
+        raise _unknown(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if name in _AUX_MODELS:
+        kwargs.setdefault("aux_logits", True)
+        if weights is None:
+            kwargs.setdefault("init_weights", True)
+    return tvm.get_model(name, weights=weights, **kwargs)
+
+
+def model_from_string(spec: str) -> nn.Module:
+    """A zoo name, or ``package.module:callable`` imported and called with no arguments."""
+    if ":" not in spec:
+        return create_model(spec)
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FxscaleError(f"cannot import module {module_name!r} from {spec!r}: {exc}") from exc
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise FxscaleError(f"module {module_name!r} has no attribute {attr_path!r} (from {spec!r})")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise FxscaleError(f"{spec!r} is not callable")
+    model = obj()
+    if not isinstance(model, nn.Module):
+        raise FxscaleError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # BatchNorm* and InstanceNorm*
+
+
+def _reinit_(module: nn.Module, name: str, t: torch.Tensor, gen: torch.Generator) -> None:
+    """Re-initialise one parameter or BN statistic of ``module`` in place."""
+    if name == "running_mean" or name.endswith("bias"):
+        t.normal_(0.0, 0.1, generator=gen)
+    elif name == "running_var" or isinstance(module, _NORMS):
+        t.uniform_(0.5, 1.5, generator=gen)
+    elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        t.normal_(0.0, math.sqrt(2.0 / t[0].numel()), generator=gen)  # He: the input signal survives depth
+    elif sum(d > 1 for d in t.shape) <= 1:  # layer-scale gammas, class tokens
+        t.uniform_(0.5, 1.5, generator=gen)
+    else:  # position embeddings, attention projections, relative-position tables
+        t.normal_(0.0, 1.0 / math.sqrt(t.shape[-1]), generator=gen)
+
+
+def _unit_std_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """Rescale a conv/linear so that this output has unit standard deviation (LSUV-style)."""
+    scale = output.std() if output.numel() > 1 else output.new_zeros(())
+    if not torch.isfinite(scale) or scale <= 0:
+        return None
+    module.weight.div_(scale)
+    if module.bias is not None:
+        module.bias.div_(scale)
+    return output / scale
+
+
+def _calibrate_(model: nn.Module, example_input: torch.Tensor) -> None:
+    """One eval forward on ``example_input`` that gives every conv/linear output unit std, in call order."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    handles = [m.register_forward_hook(_unit_std_hook) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def randomize_(model: nn.Module, seed: int = 0, example_input: torch.Tensor | None = None) -> nn.Module:
+    """Re-initialise all parameters and BN running stats from ``seed`` so outputs are non-degenerate.
+
+    BN running mean ~ N(0, 0.1), var ~ U(0.5, 1.5); norm gammas ~ U(0.5, 1.5); biases ~ N(0, 0.1);
+    conv/linear weights He-normal (this replaces zero-initialised heads such as ViT's and zero-init residual
+    gammas); other parameters: scale-like U(0.5, 1.5), matrices N(0, 1/fan_in). Other buffers are kept.
+    Deep residual stacks then grow activations (efficientnet_v2_l logits ~1e12); pass ``example_input`` to
+    also rescale each conv/linear in forward order to unit output std on it, which keeps outputs O(1-10).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            tensors = list(module.named_parameters(recurse=False))
+            tensors += [(n, b) for n, b in module.named_buffers(recurse=False) if n in ("running_mean", "running_var")]
+            for name, t in tensors:
+                if t.is_floating_point():
+                    _reinit_(module, name, t, gen)
+        if example_input is not None:
+            _calibrate_(model, example_input)
+    return model
