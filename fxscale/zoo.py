@@ -2,20 +2,20 @@
 
 googlenet and inception_v3 are built with ``aux_logits=True`` (and ``init_weights=True`` when no weights are
 given) so that train mode returns their auxiliary heads: a scaler that only looks at eval traces misses them.
-Small input sizes were measured on torchvision 0.29 (the smallest square input each builder accepts):
-most CNNs run from 8 px (alexnet 63, densenet 29, vgg/convnext 32, squeezenet1_1 17, googlenet 15),
-inception_v3 from 75 px in eval but only from 299 px in train mode (its aux head needs a 17x17 Mixed_6e map),
-ViTs and maxvit_t only at their fixed 224 px (``image_size``/``input_size`` kwargs change that), swin and
-swin_v2 from 8 px (they pad to the window size).
+Smallest square inputs measured on torchvision 0.29: most CNNs run from 8 px (alexnet 63, densenet 29,
+vgg/convnext 32, squeezenet1_1 17, squeezenet1_0 21, googlenet 15), swin/swin_v2 from 8 px (they pad to the
+window), inception_v3 from 75 px in eval but only from 299 px in train mode (its aux head needs a 17x17
+Mixed_6e map), ViTs and maxvit_t only at their fixed 224 px (``create_model("vit_b_16", image_size=32)``
+builds a smaller ViT). The small test size is 64 px (room to halve the resolution) or that minimum if larger.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torchvision.models as tvm
@@ -56,10 +56,11 @@ class ZooSpec:
     in_channels: int = 3
     num_classes: int = 1000
 
-    def example_input(self, batch: int = 1, size: int | None = None) -> torch.Tensor:
-        """A random NCHW input at ``size`` (default: the small size)."""
+    def example_input(self, batch: int = 1, size: int | None = None, seed: int = 0) -> torch.Tensor:
+        """A seeded random NCHW input at ``size`` (default: the small size)."""
         side = self.small_input_size if size is None else size
-        return torch.randn(batch, self.in_channels, side, side)
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, self.in_channels, side, side, generator=gen)
 
 
 class DigitsVGG(nn.Module):
@@ -71,7 +72,7 @@ class DigitsVGG(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels
         for i, width in enumerate(widths):
-            layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
             if i in pool_after:
                 layers.append(nn.MaxPool2d(2))
             cin = width
@@ -91,7 +92,7 @@ class DigitsResNet(nn.Module):
                  in_channels: int = 1, num_classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
         stages, cin = [], widths[0]
         for i, (width, depth) in enumerate(zip(widths, blocks)):
             stages.append(_resnet_stage(cin, width, depth, stride=1 if i == 0 else 2))
