@@ -90,6 +90,23 @@ def random_plan(groups: Sequence[Any], size: int, seed: str) -> Any:
     return fxscale.ScalingPlan(widths=widths, resolution=(size, size))
 
 
+# Documented exceptions to "small input, resolution x1.5":
+# - ViT/Swin/MaxViT: position embeddings / window sizes are tied to the traced resolution (pos-emb
+#   resampling is not implemented yet), so their widths are scaled at the traced resolution.
+# - VGG/AlexNet: AdaptiveAvgPool2d((7, 7)) / ((6, 6)) has no opset-13 ONNX export unless the pooled map is a
+#   multiple of the output size, so they run at 224 (VGG scaled to 448, AlexNet kept at 224).
+FIXED_RESOLUTION = ("vit", "swin", "maxvit")
+FULL_SIZE = {"vgg": 2.0, "alexnet": 1.0}
+
+
+def sizes_for(spec: Any, small: bool) -> tuple[int, int]:
+    """(traced size, scaled size) of one model in the sweep."""
+    if spec.family in FULL_SIZE:
+        return spec.full_input_size, round(spec.full_input_size * FULL_SIZE[spec.family])
+    size = spec.small_input_size if small else spec.full_input_size
+    return size, size if spec.family.startswith(FIXED_RESOLUTION) else round(size * 1.5)
+
+
 def run_fxscale(name: str, small: bool, seed: int, row: dict[str, Any]) -> None:
     """Build, trace, analyze, transform, run and export one model, filling ``row`` stage by stage."""
     import torch
@@ -98,8 +115,8 @@ def run_fxscale(name: str, small: bool, seed: int, row: dict[str, Any]) -> None:
     from fxscale import zoo
 
     spec = zoo.get_spec(name)
-    size = spec.small_input_size if small else spec.full_input_size
-    row.update(size=size, new_size=round(size * 1.5), stage="build")
+    size, new_size = sizes_for(spec, small)
+    row.update(size=size, new_size=new_size, stage="build")
     model = zoo.create_model(name).eval()
     x = spec.example_input(size=size)
     with torch.no_grad():

@@ -3,7 +3,7 @@ from fxscale.analysis.graph import ChannelGraph, ChannelGroup, analyze
 from fxscale.api import transform
 from fxscale.errors import FxscaleError, PlanError, TargetError, TraceError, VerificationError
 from fxscale.plan import ScalingPlan
-from fxscale.tracing import trace
+from fxscale.tracing import trace, train_graph_module
 
 
 def export_onnx(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy re-export
@@ -12,6 +12,19 @@ def export_onnx(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy re-export
     return _export(*args, **kwargs)
 
 
+def __getattr__(name: str):
+    """Lazy access to the hardware, data and training APIs (they import onnxruntime/sklearn)."""
+    lazy = {"get_target": "fxscale.hw.targets", "list_targets": "fxscale.hw.targets",
+            "compare_interleaved": "fxscale.hw.targets", "get_dataset": "fxscale.data",
+            "list_datasets": "fxscale.data", "TrainConfig": "fxscale.train", "train": "fxscale.train",
+            "evaluate": "fxscale.train", "get_executor": "fxscale.executor", "zoo": "fxscale.zoo"}
+    if name in lazy:
+        import importlib
+        mod = importlib.import_module(lazy[name])
+        return mod if name == "zoo" else getattr(mod, name)
+    raise AttributeError(f"module 'fxscale' has no attribute {name!r}")
+
+
 __all__ = ["ChannelGraph", "ChannelGroup", "FxscaleError", "PlanError", "ScalingPlan", "TargetError", "TraceError",
-           "VerificationError", "analyze", "export_onnx", "trace", "transform"]
+           "VerificationError", "analyze", "export_onnx", "trace", "train_graph_module", "transform"]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.errors import PlanError
 from fxscale.passes.channel_map import INITS, build_maps
 from fxscale.passes.resolution import RESOLUTION_MODES, resolution_pass
-from fxscale.passes.verify import verify
+from fxscale.passes.verify import verify, verify_train
 from fxscale.passes.width import width_pass
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import META
@@ -21,9 +21,13 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """Deep copy whose nodes own their fxscale metadata (fx copies node.meta shallowly)."""
     new = copy.deepcopy(gm)
     new.meta = copy.deepcopy(gm.meta)
-    for n in new.graph.nodes:
+    tgm = new.meta[META].get("train_gm")
+    for n in list(new.graph.nodes) + (list(tgm.graph.nodes) if tgm is not None else []):
         if META in n.meta:
             n.meta[META] = dict(n.meta[META])
+    if tgm is not None:
+        from fxscale.tracing import share_modules
+        share_modules(new, tgm)
     return new
 
 
@@ -49,6 +53,8 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
     if res is not None and tuple(res) != tuple(current or ()):
         report["resolution"] = resolution_pass(new, tuple(res), resolution_mode)
     verify(new)
+    if new.meta[META].get("train_gm") is not None:
+        verify_train(new)
     new.meta[META]["transform"] = {"plan": plan.to_json(), "init": init, **{k: v for k, v in report.items()}}
     new.train(gm.training)
     return new

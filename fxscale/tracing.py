@@ -98,7 +98,9 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         out = propagate_shapes(gm, *inputs)
     finally:
         model.train(was_training)
+    train_gm = _train_only_graph(model, gm, inputs, leaf_modules) if mode != "train" else None
     gm.meta[META] = {
+        "train_gm": train_gm,
         "input_shapes": [tuple(t.shape) for t in inputs],
         "input_dtypes": [t.dtype for t in inputs],
         "output_shapes": _shapes_of(out),
@@ -106,6 +108,42 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         "resolution": tuple(inputs[0].shape[2:]) if inputs[0].dim() >= 3 else None,
     }
     return gm
+
+
+def _module_targets(gm: fx.GraphModule) -> set:
+    return {n.target for n in gm.graph.nodes if n.op == "call_module"}
+
+
+def share_modules(gm: fx.GraphModule, train_gm: fx.GraphModule) -> None:
+    """Make the train-mode graph use the eval graph's module objects wherever both call one."""
+    for target in _module_targets(train_gm) & _module_targets(gm):
+        parent, _, leaf = target.rpartition(".")
+        setattr(train_gm.get_submodule(parent) if parent else train_gm, leaf, gm.get_submodule(target))
+
+
+def _train_only_graph(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
+                      leaf_modules: Sequence[type]) -> Optional[fx.GraphModule]:
+    """The train-mode trace when it calls modules the eval trace does not (GoogLeNet/Inception aux heads)."""
+    import copy
+    twin = copy.deepcopy(model).train()
+    try:
+        tgm = _trace_graph(twin, leaf_modules)
+    except TraceError:
+        return None
+    if not (_module_targets(tgm) - _module_targets(gm)):
+        return None
+    state = copy.deepcopy(tgm.state_dict())
+    tgm.train()
+    propagate_shapes(tgm, *inputs)
+    tgm.load_state_dict(state)
+    share_modules(gm, tgm)
+    return tgm
+
+
+def train_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """The GraphModule to train with: the train-mode graph (aux heads) if the model has one, else gm."""
+    tgm = gm.meta.get(META, {}).get("train_gm")
+    return tgm.train() if tgm is not None else gm.train()
 
 
 def _shapes_of(out: Any) -> Any:

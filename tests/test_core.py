@@ -249,3 +249,28 @@ def test_unknown_ops_freeze_with_a_reason():
     cg = fxscale.analyze(fxscale.trace(Odd(), torch.randn(1, 3, 4, 4)))
     assert "no channel rule" in cg["a"].reason and not cg["a"].scalable
     assert "fft" in cg.table()
+
+
+def test_train_only_branches_are_rebuilt_and_run_in_train_mode():
+    gm, cg, x = _traced("train_only_branch")
+    new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: g.width * 2 for g in cg.scalable}))
+    with torch.no_grad():
+        assert _rel_err(gm(x), new.eval()(x)) <= 1e-5
+    tgm = fxscale.train_graph_module(new)
+    main, aux = tgm(x)
+    assert main.shape == aux.shape == gm(x).shape
+    shared = dict(new.named_modules())
+    leaves = [n for n, m in tgm.named_modules() if n in shared and not list(m.children())]
+    assert leaves and all(dict(tgm.named_modules())[n] is shared[n] for n in leaves)
+
+
+def test_googlenet_aux_heads_follow_the_plan():
+    from fxscale import zoo
+    model = zoo.randomize_(zoo.create_model("googlenet")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: g.width // 2 for g in cg.scalable}),
+                            init="prune")
+    out = fxscale.train_graph_module(new)(x)
+    assert [o.shape for o in out] == [torch.Size([2, 1000])] * 3

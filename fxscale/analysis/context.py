@@ -33,6 +33,7 @@ class Ctx:
         self.uses: dict[str, Use] = {}
         self.literals: dict[str, list] = {}  # node name -> [(where, index, label)]
         self.notes: list[str] = []
+        self.tag = ""  # "train:" while walking the train-mode graph (prefixes literal keys)
 
     # ---- node accessors -------------------------------------------------------------------
     @staticmethod
@@ -90,7 +91,7 @@ class Ctx:
 
     def literal(self, node: fx.Node, where: str, index: int, label: Label) -> None:
         """Record that an int literal in `node`'s args equals the width of `label`."""
-        self.literals.setdefault(node.name, []).append((where, index, label))
+        self.literals.setdefault(self.tag + node.name, []).append((where, index, label))
 
 
 def is_tensor_labels(x: Any) -> bool:

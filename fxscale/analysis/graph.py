@@ -107,10 +107,10 @@ def _call_module(ctx: Ctx, node: fx.Node) -> Any:
     return rule(ctx, node, mod)
 
 
-def _walk(ctx: Ctx) -> None:
+def _walk(ctx: Ctx, graph: fx.Graph) -> None:
     """Label every node in topological order."""
     k = 0
-    for node in ctx.gm.graph.nodes:
+    for node in graph.nodes:
         if node.op == "placeholder":
             labels = _placeholder(ctx, node, k)
             k += 1
@@ -150,7 +150,12 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
     if not isinstance(gm, fx.GraphModule) or META not in getattr(gm, "meta", {}):
         raise TraceError("fxscale.analyze needs a GraphModule from fxscale.trace(model, example_input)")
     ctx = Ctx(gm)
-    _walk(ctx)
+    _walk(ctx, gm.graph)
+    train_gm = gm.meta[META].get("train_gm")
+    if train_gm is not None:  # train-only branches share modules (and so channel spaces) with the eval graph
+        ctx.tag = "train:"
+        ctx.modules.update(dict(train_gm.named_modules()))
+        _walk(ctx, train_gm.graph)
     return ChannelGraph(gm, _groups(ctx), ctx)
 
 

@@ -67,7 +67,7 @@ def channel_scores(cg: ChannelGraph, importance: Optional[Mapping[str, torch.Ten
     """Per identity class, a score per old channel: L1 norm of producer weights, or given importance."""
     at = cg.ctx.atoms
     scores: dict[int, torch.Tensor] = {}
-    modules = dict(cg.gm.named_modules())
+    modules = cg.ctx.modules  # eval graph modules plus train-only ones (aux heads)
     for use in cg.ctx.uses.values():
         if not use.producer or "weight" not in use.params:
             continue

@@ -56,3 +56,11 @@ def verify(gm: fx.GraphModule, expected_output_shapes: Any = None) -> Any:
     if shapes != want:
         raise VerificationError(f"output shapes changed: {shapes} != expected {want}")
     return out
+
+
+def verify_train(gm: fx.GraphModule) -> Any:
+    """Run the train-mode graph (aux heads) once on a copy, so running statistics stay untouched."""
+    import copy
+    tgm = copy.deepcopy(gm.meta[META]["train_gm"]).train()
+    _lint(tgm)
+    return _forward(tgm, example_inputs(gm, resolution=None))

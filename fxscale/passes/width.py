@@ -20,6 +20,14 @@ def _get(root: nn.Module, path: str) -> Any:
     return obj
 
 
+def _has(root: nn.Module, path: str) -> bool:
+    try:
+        _get(root, path)
+        return True
+    except AttributeError:
+        return False
+
+
 def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
     mod_path, _, leaf = path.rpartition(".")
     return (_get(root, mod_path) if mod_path else root), leaf
@@ -177,7 +185,9 @@ def rebuild_param(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use: 
 def rewrite_literals(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule) -> int:
     """Rewrite int literals in node args (reshape sizes, split sizes, layer_norm shapes) for new widths."""
     from fxscale.analysis.graph import label_width
+    tgm = gm.meta.get("fxscale", {}).get("train_gm")
     nodes = {n.name: n for n in gm.graph.nodes}
+    nodes.update({"train:" + n.name: n for n in (tgm.graph.nodes if tgm is not None else [])})
     count = 0
     for name, recs in cg.ctx.literals.items():
         node = nodes[name]
@@ -202,13 +212,19 @@ def width_pass(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, init: st
                seed: int = 0) -> dict[str, int]:
     """Apply new widths to `gm` (a copy of cg.gm) in place; returns counts of rebuilt things."""
     gen = torch.Generator().manual_seed(seed + 1)
+    tgm = gm.meta.get("fxscale", {}).get("train_gm")
     mods = params = 0
     for use in cg.ctx.uses.values():
+        owner = gm if _has(gm, use.name) or tgm is None else tgm
         if use.kind == "param":
-            params += rebuild_param(cg, maps, gm, use, init)
+            params += rebuild_param(cg, maps, owner, use, init)
         else:
-            mods += rebuild_module(cg, maps, gm, use, init, noise, gen)
+            mods += rebuild_module(cg, maps, owner, use, init, noise, gen)
     lits = rewrite_literals(cg, maps, gm)
-    gm.graph.lint()
-    gm.recompile()
+    for g in (gm, tgm) if tgm is not None else (gm,):
+        g.graph.lint()
+        g.recompile()
+    if tgm is not None:
+        from fxscale.tracing import share_modules
+        share_modules(gm, tgm)
     return {"modules": mods, "params": params, "literals": lits}
