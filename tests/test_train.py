@@ -6,6 +6,7 @@ import socket
 
 import pytest
 import torch
+import torch.distributed
 from torch import nn
 
 from fxscale.data import DataBundle, get_dataset
@@ -153,10 +154,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="gloo backend unavailable in this torch build")
 def test_train_ddp_world_size_one_matches_train(digits: DataBundle, monkeypatch, tmp_path) -> None:
-    pytest.importorskip("torch.distributed")
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("gloo backend unavailable")
     cfg = TrainConfig(**{**FAST, "epochs": 2})
     ref = train(tiny_cnn(), digits, cfg)
     for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
