@@ -1,6 +1,7 @@
 """fxscale: a torch.fx compiler for hardware-aware model scaling (HACScale)."""
 from fxscale.analysis.graph import ChannelGraph, ChannelGroup, analyze
 from fxscale.api import transform
+from fxscale.cost import CostReport, cost
 from fxscale.errors import FxscaleError, PlanError, TargetError, TraceError, VerificationError
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import trace, train_graph_module
@@ -25,6 +26,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fxscale' has no attribute {name!r}")
 
 
-__all__ = ["ChannelGraph", "ChannelGroup", "FxscaleError", "PlanError", "ScalingPlan", "TargetError", "TraceError",
+__all__ = ["ChannelGraph", "ChannelGroup", "CostReport", "cost", "FxscaleError", "PlanError", "ScalingPlan", "TargetError", "TraceError",
            "VerificationError", "analyze", "export_onnx", "trace", "train_graph_module", "transform"]
 __version__ = "0.1.0"

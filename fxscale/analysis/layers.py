@@ -1,6 +1,7 @@
 """Channel rules for leaf modules (conv, linear, norms, attention, pooling, activations)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch.fx as fx
@@ -10,6 +11,8 @@ from fxscale.analysis.context import Ctx
 from fxscale.analysis.labels import Part, concat
 
 ModuleRule = Callable[[Ctx, fx.Node, nn.Module], Any]
+# Cost formula of a module call: (module, input shapes, output shape) -> (kernel kind, multiply-accumulates).
+ModuleCost = Callable[[nn.Module, list, tuple], tuple[str, int]]
 
 UNARY_MODULES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
@@ -80,6 +83,15 @@ def conv(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
     return channel_first_out(ctx, node, lout)
 
 
+def conv_cost(mod: nn.Module, ins: list, out: tuple) -> tuple[str, int]:
+    """ConvNd MACs = N * Cout * prod(out spatial) * Cin/groups * prod(kernel); depthwise stays depthwise."""
+    cin, cout = ins[0][1], out[1]
+    dw = mod.groups == mod.in_channels and mod.groups > 1
+    g = cin if dw else mod.groups
+    kind = ("dwconv" if dw else "gconv" if g > 1 else "conv") + f"_k{mod.kernel_size[0]}"
+    return kind, out[0] * cout * math.prod(out[2:]) * (cin // g) * math.prod(mod.kernel_size)
+
+
 def _grouped(ctx: Ctx, name: str, lin: tuple, cout: int, g: int) -> tuple:
     """Refine input/output of a grouped conv into g equal parts: input parts share one index map."""
     per_in = ctx.atoms.label(ctx.atoms.width(lin) // g, f"{name} group input")
@@ -118,6 +130,12 @@ def conv_transpose(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
     return channel_first_out(ctx, node, lout)
 
 
+def conv_transpose_cost(mod: nn.Module, ins: list, out: tuple) -> tuple[str, int]:
+    """ConvTransposeNd MACs = N * Cin * prod(in spatial) * Cout/groups * prod(kernel)."""
+    x = ins[0]
+    return "convT", x[0] * x[1] * math.prod(x[2:]) * (out[1] // mod.groups) * math.prod(mod.kernel_size)
+
+
 def linear(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
     """Linear on the last dim: consumer of in_features, producer of out_features."""
     labels, shape = _in(ctx, node)
@@ -136,6 +154,11 @@ def linear(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
         if mod.bias is not None:
             u.params["bias"] = {0: (lout, "select")}
     return list(labels[:-1]) + [lout] if labels else [None] * (len(shape) - 1) + [lout]
+
+
+def linear_cost(mod: nn.Module, ins: list, out: tuple) -> tuple[str, int]:
+    """Linear MACs = rows * in_features * out_features (rows = product of the leading dims)."""
+    return "linear", math.prod(out[:-1]) * ins[0][-1] * out[-1]
 
 
 def batchnorm(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
@@ -211,33 +234,62 @@ def mha(ctx: Ctx, node: fx.Node, mod: nn.MultiheadAttention) -> Any:
     return (out, [None] * len(wshape) if wshape is not None else None)
 
 
+def mha_cost(mod: nn.MultiheadAttention, ins: list, out: tuple) -> tuple[str, int]:
+    """MHA MACs = in-proj (L*N*E*(E+Ek+Ev)) + scores and mixing (2*N*L*S*E) + out-proj (L*N*E*E)."""
+    q, k, v = ins[:3]
+    b = 0 if mod.batch_first else 1
+    n, lq, s = q[b], q[1 - b], k[1 - b]
+    e = q[-1]
+    return "attention", n * (lq * e * e + s * e * k[-1] + s * e * v[-1] + 2 * lq * s * e + lq * e * e)
+
+
+def no_macs(kind: str) -> ModuleCost:
+    """Cost formula of a module without multiply-accumulates (norms, pools, activations): bytes only."""
+    return lambda mod, ins, out: (kind, 0)
+
+
 def flatten_module(ctx: Ctx, node: fx.Node, mod: nn.Flatten) -> Any:
     """nn.Flatten: a reshape merging dims start..end."""
     from fxscale.analysis.ops import reshape_labels
     return reshape_labels(ctx, node, node.args[0], None)
 
 
-MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule]] = [
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose),
-    ((nn.Linear,), linear),
+_VIEW_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+# (module types, channel rule, cost formula): one row per op, the rule and its cost side by side.
+MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule, ModuleCost]] = [
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv, conv_cost),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose, conv_transpose_cost),
+    ((nn.Linear,), linear, linear_cost),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
-      nn.InstanceNorm3d, nn.SyncBatchNorm), batchnorm),
-    ((nn.GroupNorm,), groupnorm),
-    ((nn.LayerNorm,), layernorm),
-    ((nn.MultiheadAttention,), mha),
-    ((nn.Flatten,), flatten_module),
-    (UNARY_MODULES, unary),
-    (SPATIAL_MODULES, spatial),
+      nn.InstanceNorm3d, nn.SyncBatchNorm), batchnorm, no_macs("norm")),
+    ((nn.GroupNorm,), groupnorm, no_macs("norm")),
+    ((nn.LayerNorm,), layernorm, no_macs("norm")),
+    ((nn.MultiheadAttention,), mha, mha_cost),
+    ((nn.Flatten,), flatten_module, no_macs("view")),
+    (_VIEW_MODULES, unary, no_macs("view")),
+    (UNARY_MODULES, unary, no_macs("elementwise")),
+    (SPATIAL_MODULES, spatial, no_macs("pool")),
 ]
 
 
-def get_module_rule(mod: nn.Module) -> ModuleRule | None:
-    """The rule for a leaf module type (exact type first, then isinstance), or None."""
-    for types, rule in MODULE_RULES:
-        if type(mod) in types:
-            return rule
-    for types, rule in MODULE_RULES:
-        if isinstance(mod, types):
-            return rule
+def _lookup(mod: nn.Module) -> tuple | None:
+    for row in MODULE_RULES:  # exact type first, then isinstance
+        if type(mod) in row[0]:
+            return row
+    for row in MODULE_RULES:
+        if isinstance(mod, row[0]):
+            return row
     return None
+
+
+def get_module_rule(mod: nn.Module) -> ModuleRule | None:
+    """The channel rule for a leaf module type, or None."""
+    row = _lookup(mod)
+    return row[1] if row else None
+
+
+def get_module_cost(mod: nn.Module) -> ModuleCost | None:
+    """The cost formula for a leaf module type, or None (unknown modules cost bytes only)."""
+    row = _lookup(mod)
+    return row[2] if row else None

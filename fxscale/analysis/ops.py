@@ -13,6 +13,8 @@ from fxscale.analysis.context import Ctx
 from fxscale.analysis.labels import Incompatible, Part, concat, with_inner
 
 OpRule = Callable[[Ctx, fx.Node], Any]
+# Cost formula of a function/method call: (node, input shapes, output shape) -> (kernel kind, multiply-accumulates).
+OpCost = Callable[[fx.Node, list, tuple], tuple[str, int]]
 
 
 def _dim(d: int, nd: int) -> int:
@@ -438,6 +440,59 @@ def matmul(ctx: Ctx, node: fx.Node) -> Any:
     return list(batch) + [la[-2], lb[-1]]
 
 
+def _bcast(a: tuple, b: tuple) -> int:
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return math.prod(max(x, y) for x, y in zip(a, b))
+
+
+def matmul_cost(node: fx.Node, ins: list, out: tuple) -> tuple[str, int]:
+    """a @ b MACs = broadcast batch * M * K * N."""
+    a, b = ins[0], ins[1]
+    if len(a) < 2 or len(b) < 2:
+        return "matmul", math.prod(out) * a[-1]
+    return "matmul", _bcast(a[:-2], b[:-2]) * a[-2] * a[-1] * b[-1]
+
+
+def linear_fn_cost(node: fx.Node, ins: list, out: tuple) -> tuple[str, int]:
+    """F.linear(x, W[out, in]) MACs = rows * in * out."""
+    return "linear", math.prod(out[:-1]) * ins[1][1] * ins[1][0]
+
+
+def conv_fn_cost(node: fx.Node, ins: list, out: tuple) -> tuple[str, int]:
+    """F.convNd(x, W[Cout, Cin/g, *k]) MACs = N * Cout * prod(out spatial) * Cin/g * prod(k)."""
+    w = ins[1]
+    return f"conv_k{w[2] if len(w) > 2 else 1}", out[0] * out[1] * math.prod(out[2:]) * math.prod(w[1:])
+
+
+def sdpa_cost(node: fx.Node, ins: list, out: tuple) -> tuple[str, int]:
+    """scaled_dot_product_attention MACs = batch * L * S * (E + Ev) (scores plus mixing)."""
+    q, k, v = ins[:3]
+    return "attention", math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def einsum_cost(node: fx.Node, ins: list, out: tuple) -> tuple[str, int]:
+    """Two-operand einsum MACs = product of the sizes of all distinct indices (one-operand: none)."""
+    eq = node.args[0] if isinstance(node.args[0], str) else ""
+    terms = eq.replace(" ", "").split("->")[0].split(",")
+    if len(terms) != 2 or len(ins) != 2 or "." in eq:
+        return "matmul", 0
+    size = {c: d for term, shp in zip(terms, ins) for c, d in zip(term, shp)}
+    return "matmul", math.prod(size.values())
+
+
+def window_attention_cost(node: fx.Node, ins: list, out: tuple) -> tuple[str, int]:
+    """torchvision shifted_window_attention: qkv (T*C*3C) + scores and mixing (2*T*N*C) + proj (T*C*C).
+
+    T counts tokens after padding H, W to multiples of the window; N = tokens per window.
+    """
+    b, h, w, c = ins[0]
+    win = _arg(node, 4, "window_size")
+    hp, wp = -(-h // win[0]) * win[0], -(-w // win[1]) * win[1]
+    t, n = b * hp * wp, win[0] * win[1]
+    return "attention", t * c * ins[1][0] + 2 * t * n * c + t * c * ins[2][0]
+
+
 def layer_norm_fn(ctx: Ctx, node: fx.Node) -> Any:
     """F.layer_norm(x, shape, weight, bias): weight/bias follow the last dim; the shape literal is rewritten."""
     labels = ctx.lab(node.args[0])
@@ -497,7 +552,7 @@ FUNCTION_RULES: dict[Any, OpRule] = {
     torch.mean: reduce_dims, torch.sum: reduce_dims, torch.amax: reduce_dims, torch.matmul: matmul,
     operator.matmul: matmul, torch.bmm: matmul, F.layer_norm: layer_norm_fn, torch._assert: ignore,
     getattr: size_of, operator.floordiv: ignore, operator.eq: ignore, len: ignore, torch.squeeze: squeeze_unsqueeze,
-    torch.unsqueeze: squeeze_unsqueeze,
+    torch.unsqueeze: squeeze_unsqueeze, torch.mm: matmul,
 }
 METHOD_RULES: dict[str, OpRule] = {
     **{m: passthrough for m in _UNARY_METHODS},
@@ -509,6 +564,31 @@ METHOD_RULES: dict[str, OpRule] = {
 }
 
 
+# Kernel kind of every rule without multiply-accumulates (they cost bytes moved only); views move nothing.
+RULE_KINDS: dict[OpRule, str] = {
+    elementwise: "elementwise", passthrough: "elementwise", spatial_fn: "pool", reduce_dims: "reduce",
+    cat: "concat", stack: "concat", layer_norm_fn: "norm", permute: "view", transpose: "view", movedim: "view",
+    view_like: "view", flatten_fn: "view", squeeze_unsqueeze: "view", expand: "view", split: "view",
+    getitem: "view", size_of: "view", ignore: "view", unknown: "other",
+}
+FUNCTION_COSTS: dict[Any, OpCost] = {
+    torch.matmul: matmul_cost, operator.matmul: matmul_cost, torch.bmm: matmul_cost, torch.mm: matmul_cost,
+    F.linear: linear_fn_cost, F.conv1d: conv_fn_cost, F.conv2d: conv_fn_cost, F.conv3d: conv_fn_cost,
+    F.scaled_dot_product_attention: sdpa_cost, torch.einsum: einsum_cost,
+    F.interpolate: lambda node, ins, out: ("resize", 0), F.pad: lambda node, ins, out: ("elementwise", 0),
+    "matmul": matmul_cost, "contiguous": lambda node, ins, out: ("view", 0),
+}
+
+
+def get_op_cost(node: fx.Node) -> OpCost:
+    """The cost formula of a call_function / call_method node."""
+    fn = FUNCTION_COSTS.get(node.target)
+    if fn is not None:
+        return fn
+    kind = RULE_KINDS.get(get_op_rule(node), "other")
+    return lambda _node, _ins, _out: (kind, 0)
+
+
 def _register_torchvision() -> None:
     """torchvision functions that appear as call_function nodes (fx.wrap'ed)."""
     try:
@@ -516,6 +596,10 @@ def _register_torchvision() -> None:
     except ImportError:  # pragma: no cover - torchvision is a dependency
         return
     FUNCTION_RULES[stochastic_depth] = passthrough
+    from torchvision.models import swin_transformer as swin
+    for fn in (swin.shifted_window_attention, getattr(swin, "shifted_window_attention_v2", None)):
+        if fn is not None:
+            FUNCTION_COSTS[fn] = window_attention_cost
 
 
 _register_torchvision()
@@ -528,4 +612,4 @@ def get_op_rule(node: fx.Node) -> OpRule:
     return FUNCTION_RULES.get(node.target, unknown)
 
 
-__all__ = ["get_op_rule", "FUNCTION_RULES", "METHOD_RULES", "Part"]
+__all__ = ["get_op_rule", "get_op_cost", "FUNCTION_RULES", "METHOD_RULES", "Part"]
