@@ -18,7 +18,9 @@ def __getattr__(name: str):
     lazy = {"get_target": "fxscale.hw.targets", "list_targets": "fxscale.hw.targets",
             "compare_interleaved": "fxscale.hw.targets", "get_dataset": "fxscale.data",
             "list_datasets": "fxscale.data", "TrainConfig": "fxscale.train", "train": "fxscale.train",
-            "evaluate": "fxscale.train", "get_executor": "fxscale.executor", "zoo": "fxscale.zoo"}
+            "evaluate": "fxscale.train", "get_executor": "fxscale.executor", "zoo": "fxscale.zoo",
+            "scale": "fxscale.scaling.pipeline", "ScaleConfig": "fxscale.scaling.pipeline",
+            "importance": "fxscale.scaling.importance", "Importance": "fxscale.scaling.importance"}
     if name in lazy:
         import importlib
         mod = importlib.import_module(lazy[name])

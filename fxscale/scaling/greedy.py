@@ -1,0 +1,204 @@
+"""HACScale Algorithm 1: importance-aware width scaling under latency and parameter budgets."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+from fxscale.analysis.graph import ChannelGraph
+from fxscale.cost import cost_model
+from fxscale.errors import FxscaleError
+from fxscale.plan import ScalingPlan
+from fxscale.scaling.budget import Budget
+from fxscale.scaling.powerlaw import ImportancePredictor
+
+RULES = ("paper", "cost")
+
+
+class IncrementalLatency(Protocol):
+    """Predicted latency that updates one group at a time (fxscale.hw.predictor states satisfy it)."""
+
+    total: float
+
+    def delta(self, group: str, width: int) -> float:
+        """Predicted total latency (ms) if `group` had `width`, without committing."""
+        ...
+
+    def set_width(self, group: str, width: int) -> float:
+        """Commit a width; return the new total (ms)."""
+        ...
+
+
+class ParamTracker:
+    """Exact parameter count under incremental width changes (analytic cost model, no rebuild)."""
+
+    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, mode: str = "input") -> None:
+        self.cm = cost_model(cg, plan.resolution, mode=mode)
+        self.sizes = self.cm.sizes(ScalingPlan(widths=dict(plan.widths), resolution=plan.resolution))
+        self.per = [self.cm.layer(i, self.sizes).params for i in range(len(self.cm.layers))]
+        self.total = sum(self.per) + self.cm.extra_params
+
+    def delta(self, group: str, width: int) -> int:
+        """Params if `group` had `width` (not committed)."""
+        sizes = dict(self.sizes)
+        idx = self.cm.set_width(sizes, group, width)
+        return self.total + sum(self.cm.layer(i, sizes).params - self.per[i] for i in idx)
+
+    def set_width(self, group: str, width: int) -> int:
+        """Commit a width; return the new total."""
+        for i in self.cm.set_width(self.sizes, group, width):
+            new = self.cm.layer(i, self.sizes).params
+            self.total += new - self.per[i]
+            self.per[i] = new
+        return self.total
+
+
+class CostLatency:
+    """An analytic incremental latency model: c0 + sum over layers of (c_mac*MACs + c_byte*bytes)."""
+
+    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, c_mac: float = 1e-6, c_byte: float = 0.0,
+                 c0: float = 0.0, mode: str = "input") -> None:
+        self.cm = cost_model(cg, plan.resolution, mode=mode)
+        self.k = (c_mac, c_byte)
+        self.sizes = self.cm.sizes(plan)
+        self.per = [self._ms(i, self.sizes) for i in range(len(self.cm.layers))]
+        self.total = c0 + sum(self.per)
+
+    def _ms(self, i: int, sizes: dict) -> float:
+        r = self.cm.layer(i, sizes)
+        return self.k[0] * r.macs + self.k[1] * r.bytes
+
+    def delta(self, group: str, width: int) -> float:
+        sizes = dict(self.sizes)
+        idx = self.cm.set_width(sizes, group, width)
+        return self.total + sum(self._ms(i, sizes) - self.per[i] for i in idx)
+
+    def set_width(self, group: str, width: int) -> float:
+        for i in self.cm.set_width(self.sizes, group, width):
+            new = self._ms(i, self.sizes)
+            self.total += new - self.per[i]
+            self.per[i] = new
+        return self.total
+
+
+@dataclass
+class Step:
+    """One accepted widening."""
+
+    group: str
+    width: int
+    importance: float
+    latency_ms: float
+    params: int
+
+
+@dataclass
+class GreedyResult:
+    """The scaled plan, the accepted steps (a prefix of them is a valid plan), and why the loop stopped."""
+
+    plan: ScalingPlan
+    steps: list[Step] = field(default_factory=list)
+    stopped: str = ""
+    latency_ms: float = 0.0
+    params: int = 0
+
+    def prefix(self, k: int) -> ScalingPlan:
+        """The plan after the first k steps (used to back off when the measured latency is over budget)."""
+        widths = dict(self.plan.meta.get("start_widths", {}))
+        for s in self.steps[:k]:
+            widths[s.group] = s.width
+        return ScalingPlan(widths=widths, resolution=self.plan.resolution,
+                           meta={**self.plan.meta, "steps": k})
+
+
+def _next_width(width: int, stride: int, divisor: int, align: int) -> int:
+    q = math.lcm(divisor, align)
+    return -(-(width + stride) // q) * q
+
+
+def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, latency: IncrementalLatency,
+                            budget: Budget, *, start: Optional[ScalingPlan] = None, stride: int = 10,
+                            rule: str = "paper", align: int = 1, max_steps: int = 100_000, mode: str = "input",
+                            params: Optional[ParamTracker] = None,
+                            on_step: Optional[Callable[[Step], Any]] = None) -> GreedyResult:
+    """Algorithm 1: repeatedly add `stride` kernels to the most valuable group while both budgets hold.
+
+    rule="paper": the group with the highest predicted importance a*C^b; the loop stops at the first step that
+    would break a budget (as in the paper). rule="cost": the group with the highest predicted importance gain
+    per unit of added latency; groups that no longer fit are skipped and the loop goes on until none fits.
+    `latency` must be bound to the `start` plan (its resolution and widths).
+    """
+    if rule not in RULES:
+        raise FxscaleError(f"rule must be one of {RULES}, got {rule!r}")
+    if stride < 1:
+        raise FxscaleError(f"stride must be >= 1, got {stride}")
+    start = start or ScalingPlan()
+    widths = {g.name: start.widths.get(g.name, g.width) for g in cg.scalable}
+    if not widths:
+        raise FxscaleError("the model has no scalable channel group: nothing to widen")
+    params = params or ParamTracker(cg, ScalingPlan(widths=widths, resolution=start.resolution), mode)
+    if not budget.fits(latency.total, params.total):
+        raise FxscaleError(f"the starting plan already breaks the budget (predicted {latency.total:.4g} ms, "
+                           f"{params.total} params; budget {budget}); loosen the budget or lower the resolution")
+    divisors = {g.name: g.divisor for g in cg.scalable}
+    active = set(widths)
+    meta = {"method": "hacscale", "rule": rule, "stride": stride, "align": align, "start_widths": dict(widths)}
+    result = GreedyResult(ScalingPlan(widths=widths, resolution=start.resolution, meta=meta))
+    while active and len(result.steps) < max_steps:
+        choice = _choose(predictor, latency, widths, divisors, active, stride, align, rule)
+        g, new, imp = choice
+        lat, par = latency.delta(g, new), params.delta(g, new)
+        if not budget.fits(lat, par):
+            if rule == "paper":
+                result.stopped = f"adding kernels to {g} would break the budget ({lat:.4g} ms, {par} params)"
+                break
+            active.discard(g)
+            continue
+        widths[g] = new
+        step = Step(g, new, imp, latency.set_width(g, new), params.set_width(g, new))
+        result.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+    result.stopped = result.stopped or ("no group fits the budget any more" if not active else "max_steps")
+    result.plan = ScalingPlan(widths=dict(widths), resolution=start.resolution, meta=meta)
+    result.latency_ms, result.params = latency.total, params.total
+    return result
+
+
+def _choose(pred: ImportancePredictor, latency: IncrementalLatency, widths: dict[str, int],
+            divisors: dict[str, int], active: set[str], stride: int, align: int, rule: str) -> tuple[str, int, float]:
+    best: Optional[tuple[float, str, int, float]] = None
+    for g in sorted(active):
+        c = widths[g]
+        new = _next_width(c, stride, divisors[g], align)
+        imp = pred(g, c)
+        if rule == "paper":
+            score = imp
+        else:  # predicted importance of the added kernels per ms of added latency
+            gain = sum(pred(g, w) for w in range(c + 1, new + 1))
+            score = gain / max(latency.delta(g, new) - latency.total, 1e-9)
+        if best is None or score > best[0]:
+            best = (score, g, new, imp)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def back_off(result: GreedyResult, measure: Callable[[ScalingPlan], float], limit_ms: float) -> tuple[int, float]:
+    """Largest step count whose measured latency fits (binary search over prefixes); returns (k, measured ms)."""
+    k_hi = len(result.steps)
+    m = measure(result.prefix(k_hi))
+    if m <= limit_ms:
+        return k_hi, m
+    lo, hi, m_lo = 0, k_hi, None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        mm = measure(result.prefix(mid))
+        if mm <= limit_ms:
+            lo, m_lo = mid, mm
+        else:
+            hi = mid
+    return lo, m_lo if m_lo is not None else measure(result.prefix(lo))
+
+
+__all__ = ["CostLatency", "GreedyResult", "IncrementalLatency", "ParamTracker", "RULES", "Step", "back_off",
+           "importance_aware_widths"]

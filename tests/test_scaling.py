@@ -1,0 +1,197 @@
+"""HACScale pieces: Taylor importance, power-law predictor, Algorithm 1, back-off, budgets, config checks."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fxscale
+from fxscale import zoo
+from fxscale.errors import FxscaleError, PlanError
+from fxscale.scaling.budget import Budget, parse_budget, round_width
+from fxscale.scaling.greedy import CostLatency, ParamTracker, back_off, importance_aware_widths
+from fxscale.scaling.importance import Importance, importance
+from fxscale.scaling.pipeline import ScaleConfig
+from fxscale.scaling.powerlaw import ImportancePredictor, PowerLaw, fit_power_law, fit_predictor, sample_configs
+
+torch.set_num_threads(1)
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_taylor_importance_matches_brute_force():
+    torch.manual_seed(0)
+    model = Small().eval()
+    x, y = torch.randn(8, 3, 5, 5), torch.randint(0, 4, (8,))
+    gm = fxscale.trace(model, x)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    imp = importance(gm, batches)
+    want = torch.zeros(6)
+    for xb, yb in batches:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        for p in (model.conv.weight, model.conv.bias, model.bn.weight, model.bn.bias):
+            want += ((p.grad * p.detach()) ** 2).reshape(6, -1).sum(1)
+    want /= 2
+    assert torch.allclose(imp.channels["conv"], want, rtol=1e-4, atol=1e-12)
+    assert imp.groups["conv"] == pytest.approx(float(want.mean()), rel=1e-4)
+    assert imp.batches == 2 and imp.widths == {"conv": 6}
+    assert Importance.from_dict(imp.to_dict()).groups == imp.groups
+
+
+def test_importance_drives_prune_selection():
+    torch.manual_seed(0)
+    model = Small().eval()
+    x = torch.randn(4, 3, 5, 5)
+    gm = fxscale.trace(model, x)
+    scores = torch.tensor([0.0, 5.0, 0.0, 4.0, 0.0, 3.0])
+    new = fxscale.transform(gm, fxscale.ScalingPlan(widths={"conv": 3}), init="prune", importance={"conv": scores})
+    assert torch.equal(new.conv.weight, model.conv.weight[[1, 3, 5]])
+
+
+def test_importance_rejects_empty_data():
+    gm = fxscale.trace(Small().eval(), torch.randn(1, 3, 5, 5))
+    with pytest.raises(FxscaleError, match="no batches"):
+        importance(gm, [])
+
+
+def test_power_law_fit_recovers_parameters():
+    rng = np.random.default_rng(0)
+    c = np.array([8, 12, 16, 24, 32, 48, 64], dtype=float)
+    v = 3.0 * c ** -1.4 * np.exp(rng.normal(0, 0.02, len(c)))
+    law = fit_power_law(c, v)
+    assert law.a == pytest.approx(3.0, rel=0.1) and law.b == pytest.approx(-1.4, abs=0.05)
+    assert law.r2 > 0.99 and law.r2_log > 0.99 and law(16) == pytest.approx(3.0 * 16 ** -1.4, rel=0.1)
+
+
+def test_power_law_needs_two_widths():
+    with pytest.raises(FxscaleError, match="2 distinct widths"):
+        fit_power_law([16, 16, 16], [1.0, 2.0, 3.0])
+
+
+def test_predictor_falls_back_with_warning_and_round_trips():
+    mk = lambda widths, vals: Importance({}, dict(zip(["a", "b"], vals)), dict(zip(["a", "b"], widths)))  # noqa
+    samples = [mk((8, 16), (1.0, 0.5)), mk((16, 16), (0.5, 0.4)), mk((32, 16), (0.25, 0.3))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = fit_predictor(samples)
+    assert "b" in pred.failed and any("median law" in str(w.message) for w in caught)
+    assert pred.fits["a"].b == pytest.approx(-1.0, abs=1e-6)
+    again = ImportancePredictor.from_dict(pred.to_dict())
+    assert again("a", 10) == pytest.approx(pred("a", 10))
+
+
+def test_sample_configs_uniform_then_random():
+    gm = fxscale.trace(zoo.create_model("digits_resnet"), torch.zeros(1, 1, 8, 8))
+    cg = fxscale.analyze(gm)
+    cfgs = sample_configs(cg, 7, seed=1)
+    assert cfgs[2] == {g.name: g.width for g in cg.scalable}  # multiplier 1.0
+    assert cfgs[0]["stem.0"] == 8 and cfgs[4]["stem.0"] == 32
+    assert len({tuple(c.values()) for c in cfgs}) == 7
+    for c in cfgs[5:]:
+        assert all(0.5 * cg[g].width - 1 <= w <= 2 * cg[g].width + 1 for g, w in c.items())
+
+
+def _resnet18_setup():
+    gm = fxscale.trace(zoo.create_model("resnet18"), torch.zeros(1, 3, 64, 64))
+    cg = fxscale.analyze(gm)
+    pred = ImportancePredictor({g.name: PowerLaw(float(i + 1), -1.0, 1, 1, 5) for i, g in enumerate(cg.scalable)})
+    return cg, pred
+
+
+def test_greedy_paper_rule_follows_importance_and_budget():
+    cg, pred = _resnet18_setup()
+    start = fxscale.ScalingPlan()
+    base = CostLatency(cg, start).total
+    budget = Budget(latency_ms=base * 1.3, params=2e7)
+    r = importance_aware_widths(cg, pred, CostLatency(cg, start), budget, start=start, rule="paper", stride=10)
+    assert r.steps and "break the budget" in r.stopped
+    first = max(cg.scalable, key=lambda g: pred(g.name, g.width))
+    assert r.steps[0].group == first.name and r.steps[0].width == first.width + 10
+    for s in r.steps:  # every accepted step is within budget, and the running totals are exact
+        assert s.latency_ms <= budget.latency_ms and s.params <= budget.params
+    assert r.params == fxscale.cost(cg, r.plan, mode="input").params
+    assert r.latency_ms == pytest.approx(CostLatency(cg, r.plan).total, rel=1e-9)
+
+
+def test_greedy_cost_rule_and_alignment():
+    cg, pred = _resnet18_setup()
+    start = fxscale.ScalingPlan()
+    base = CostLatency(cg, start).total
+    budget = Budget(latency_ms=base * 1.3)
+    paper = importance_aware_widths(cg, pred, CostLatency(cg, start), budget, start=start, rule="paper")
+    cost = importance_aware_widths(cg, pred, CostLatency(cg, start), budget, start=start, rule="cost", align=8)
+    assert cost.stopped == "no group fits the budget any more"
+    assert cost.latency_ms >= paper.latency_ms  # skipping exhausted groups uses more of the budget
+    assert all(w % 8 == 0 for g, w in cost.plan.widths.items() if w != cg[g].width)
+
+
+def test_greedy_rejects_start_over_budget_and_bad_rule():
+    cg, pred = _resnet18_setup()
+    start = fxscale.ScalingPlan()
+    with pytest.raises(FxscaleError, match="already breaks the budget"):
+        importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(latency_ms=1e-9), start=start)
+    with pytest.raises(FxscaleError, match="rule must be one of"):
+        importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(), start=start, rule="best")
+
+
+def test_back_off_finds_largest_fitting_prefix():
+    cg, pred = _resnet18_setup()
+    start = fxscale.ScalingPlan()
+    base = CostLatency(cg, start).total
+    r = importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(latency_ms=base * 1.5), start=start,
+                                rule="cost")
+    limit = base * 1.2  # "measured" = predicted: the answer is the last step whose latency fits
+    k, m = back_off(r, lambda p: CostLatency(cg, p).total, limit)
+    want = max(i + 1 for i, s in enumerate(r.steps) if s.latency_ms <= limit)
+    assert k == want and m <= limit
+
+
+def test_param_tracker_matches_cost_model():
+    cg, _ = _resnet18_setup()
+    t = ParamTracker(cg, fxscale.ScalingPlan())
+    t.set_width("layer2.0.conv1", 200)
+    assert t.total == fxscale.cost(cg, fxscale.ScalingPlan(widths={"layer2.0.conv1": 200})).params
+
+
+def test_budget_parsing():
+    assert parse_budget("1.05x", 10.0, "latency") == pytest.approx(10.5)
+    assert parse_budget(12, 10.0, "latency") == 12.0 and parse_budget(None, 1.0, "x") is None
+    with pytest.raises(PlanError, match="below the baseline's own latency"):
+        parse_budget("0.5x", 10.0, "latency")
+    with pytest.raises(PlanError, match="neither a number"):
+        parse_budget("fast", 10.0, "latency")
+    assert round_width(37, 4, 8) == 40 and round_width(1, 3) == 3
+
+
+@pytest.mark.parametrize("kw,msg", [({"alpha": 1.0}, "alpha must lie in"), ({"alphas": (0.0, 0.5)}, "alpha must"),
+                                    ({"methods": ("magic",)}, "unknown methods"), ({"rule": "x"}, "rule must"),
+                                    ({"samples": 1}, "samples must")])
+def test_scale_config_rejects_bad_settings(kw, msg):
+    with pytest.raises(PlanError, match=msg):
+        ScaleConfig(**kw).validate()
+
+
+def test_compound_exponents():
+    from fxscale.scaling.pipeline import Pipeline
+    pipe = Pipeline.__new__(Pipeline)
+    pipe.cfg = ScaleConfig(flops_scale=4.0)
+    pipe.gm = fxscale.trace(zoo.create_model("resnet18"), torch.zeros(1, 3, 64, 64))
+    pipe.cg = fxscale.analyze(pipe.gm)
+    plan = pipe.compound_plan(0.5)  # r = w = 4^(1/4) = sqrt(2)
+    assert plan.resolution == (round(64 * math.sqrt(2)),) * 2
+    flops = fxscale.cost(pipe.cg, plan, mode="input").flops / fxscale.cost(pipe.cg).flops
+    assert flops == pytest.approx(4.0, rel=0.1)
