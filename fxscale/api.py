@@ -10,6 +10,7 @@ import torch.fx as fx
 from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.errors import PlanError
 from fxscale.passes.channel_map import INITS, build_maps
+from fxscale.passes.depth import depth_pass, plan_depths
 from fxscale.passes.resolution import RESOLUTION_MODES, resolution_pass
 from fxscale.passes.verify import verify, verify_train
 from fxscale.passes.width import width_pass
@@ -34,7 +35,12 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
 def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, seed: int = 0,
               noise: float = 0.0, importance: Optional[Mapping[str, torch.Tensor]] = None,
               resolution_mode: str = "resize", cg: Optional[ChannelGraph] = None) -> fx.GraphModule:
-    """Return a verified copy of `gm` rescaled by `plan` (the input GraphModule is never mutated)."""
+    """Return a verified copy of `gm` rescaled by `plan` (the input GraphModule is never mutated).
+
+    Order: widths, then resolution, then depths (repeated blocks are copies of the rescaled ones). For depth,
+    "preserve" and "prune" add identity-initialised blocks (PlanError if a block cannot be one), "reinit"
+    adds freshly initialised blocks. Depth plans are refused for models with a train-mode graph.
+    """
     if init not in INITS:
         raise PlanError(f"init must be one of {INITS}, got {init!r}")
     if resolution_mode not in RESOLUTION_MODES:
@@ -43,6 +49,8 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
         raise PlanError(f"plan must be a fxscale.ScalingPlan, got {type(plan).__name__}")
     cg = cg if cg is not None and cg.gm is gm else analyze(gm)
     plan.validate(cg)
+    if plan.depths:  # identity-init check before any work; depth_pass resolves again on the rescaled copy
+        plan_depths(gm, plan.depths, init)
     new = copy_graph_module(gm)
     report = {}
     if plan.widths:
@@ -52,6 +60,10 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
     current = gm.meta[META].get("resolution")
     if res is not None and tuple(res) != tuple(current or ()):
         report["resolution"] = resolution_pass(new, tuple(res), resolution_mode)
+    if plan.depths:  # last: the copies inherit the rescaled widths; verified with the rest below
+        depth_report = depth_pass(new, plan.depths, init, seed=seed)
+        if depth_report:
+            report["depth"] = depth_report
     verify(new)
     if new.meta[META].get("train_gm") is not None:
         verify_train(new)

@@ -1,4 +1,4 @@
-"""ScalingPlan: per-group widths and an input resolution, with JSON round trip and validation."""
+"""ScalingPlan: per-group widths, an input resolution and per-stage depths, with JSON round trip and validation."""
 from __future__ import annotations
 
 import difflib
@@ -13,11 +13,17 @@ PLAN_VERSION = 1
 
 @dataclass
 class ScalingPlan:
-    """What to change: widths by group name, an input resolution (H, W), and free-form provenance."""
+    """What to change: widths by group name, an input resolution (H, W), block counts by stage, provenance.
+
+    ``depths`` maps a stage key to a new block count (see fxscale.passes.depth): ``"layer1": 4`` repeats the
+    last block of the nn.Sequential ``layer1`` until it has 4 blocks; ``"features.K": n`` repeats child K of a
+    Sequential (a block, or a conv with its BN/ReLU in a flat VGG ``features``) until it appears n times.
+    """
 
     widths: dict[str, int] = field(default_factory=dict)
     resolution: Optional[tuple[int, int]] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    depths: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.resolution is not None:
@@ -34,12 +40,24 @@ class ScalingPlan:
                 raise PlanError(f"plan width for group {k!r} must be an int, got {v!r}")
             if v < 1:
                 raise PlanError(f"plan width for group {k!r} must be >= 1, got {v}")
+        if not isinstance(self.depths, dict):
+            raise PlanError(f"plan key 'depths' must map stage names to block counts, got {self.depths!r}")
+        for k, v in self.depths.items():
+            if not isinstance(k, str) or not k:
+                raise PlanError(f"plan depth key {k!r} must be a non-empty stage name")
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise PlanError(f"plan depth for stage {k!r} must be an int, got {v!r}")
+            if v < 1:
+                raise PlanError(f"plan depth for stage {k!r} must be >= 1, got {v}")
 
     def to_json(self, indent: int = 2) -> str:
-        """Serialise (stable key order)."""
-        return json.dumps({"version": PLAN_VERSION, "widths": dict(sorted(self.widths.items())),
-                           "resolution": list(self.resolution) if self.resolution else None,
-                           "meta": self.meta}, indent=indent)
+        """Serialise (stable key order); "depths" is written only when the plan has some."""
+        d: dict[str, Any] = {"version": PLAN_VERSION, "widths": dict(sorted(self.widths.items())),
+                             "resolution": list(self.resolution) if self.resolution else None,
+                             "meta": self.meta}
+        if self.depths:
+            d["depths"] = dict(sorted(self.depths.items()))
+        return json.dumps(d, indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> "ScalingPlan":
@@ -50,14 +68,18 @@ class ScalingPlan:
             raise PlanError(f"plan is not valid JSON: {e}") from e
         if not isinstance(d, dict):
             raise PlanError("plan JSON must be an object with 'widths' and/or 'resolution'")
-        unknown = set(d) - {"version", "widths", "resolution", "meta"}
+        unknown = set(d) - {"version", "widths", "resolution", "meta", "depths"}
         if unknown:
-            raise PlanError(f"unknown plan keys {sorted(unknown)}; expected widths, resolution, meta, version")
+            raise PlanError(f"unknown plan keys {sorted(unknown)}; expected widths, resolution, depths, meta, "
+                            "version")
         if d.get("version", PLAN_VERSION) != PLAN_VERSION:
             raise PlanError(f"plan version {d.get('version')} is not supported (expected {PLAN_VERSION})")
         res = d.get("resolution")
+        depths = d.get("depths") or {}
+        if not isinstance(depths, dict):
+            raise PlanError(f"plan key 'depths' must be an object of stage -> block count, got {depths!r}")
         return cls(widths=dict(d.get("widths") or {}), resolution=tuple(res) if res else None,
-                   meta=dict(d.get("meta") or {}))
+                   meta=dict(d.get("meta") or {}), depths=dict(depths))
 
     def validate(self, cg: Any) -> None:
         """Check every key against a ChannelGraph; raise PlanError naming the first bad key."""
@@ -75,3 +97,6 @@ class ScalingPlan:
             if w % g.divisor:
                 raise PlanError(f"plan key {name!r}: width {w} is not a multiple of the group's divisor "
                                 f"{g.divisor}")
+        if self.depths:
+            from fxscale.passes.depth import validate_depths
+            validate_depths(cg.gm, self.depths)

@@ -28,7 +28,8 @@ def table(rows: list[dict[str, Any]]) -> str:
            "Test top-1 (%) | Δ test |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         util = r["utilization"] / base["utilization"] if base["utilization"] else float("nan")
-        out.append(f"| {r['method']} | {r['params'] / 1e6:.4f} | {r['flops'] / 1e6:.2f} | "
+        flag = "" if r.get("within_budget", True) else " ⚠ over budget"
+        out.append(f"| {r['method']}{flag} | {r['params'] / 1e6:.4f} | {r['flops'] / 1e6:.2f} | "
                    f"{r['latency_ms']:.4f} ({r['latency_ms'] / base['latency_ms']:.2f}x) | "
                    f"{r['utilization']:.2f} ({util:.2f}x) | {_ms(r['val_acc'])} | {_ms(r['test_acc'])} | "
                    f"{100 * (statistics.fmean(r['test_acc']) - b_acc):+.2f} |")
@@ -75,7 +76,8 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
              f"Target `{cfg.target}` ({pipe.target.describe().get('device', '?')}, threads={cfg.threads}); latency "
              f"budget {cfg.latency_budget}, memory budget {cfg.memory_budget}, FLOPs scale {cfg.flops_scale}; "
              f"{cfg.epochs} epochs x {len(cfg.seeds)} seed(s). Latency: median of {cfg.runs} runs, all models "
-             "timed interleaved in one session; FLOPs = 2 x MACs.", "", "## Results (Table I columns)", "",
+             "timed interleaved in one session; FLOPs = 2 x MACs. ⚠ marks a method whose measured latency "
+             "exceeds the budget (plans are sized by the latency model; only HACScale backs off by measurement).", "", "## Results (Table I columns)", "",
              table(summary["methods"]), "",
              "## Alpha search (r = sqrt(s)^alpha, w = sqrt(s)^(1-alpha))", "", "| alpha | resolution | val top-1 |",
              "|---:|---|---:|"]
