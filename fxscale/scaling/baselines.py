@@ -116,9 +116,11 @@ def repeatable_stages(cg: ChannelGraph) -> dict[str, int]:
 
     A stage key (fxscale.passes.depth.stage_keys) is repeatable when ``ScalingPlan(depths={key: n + 1})``
     validates. Sequentials of blocks ("layer1") are preferred (innermost first); a block or conv key ("S.K") is
-    kept only when its container is not already chosen and it shares no node with a chosen key, so one
-    block is never grown twice. Digits ResNet: stages.0, stages.1; digits VGG: features.3, features.10
-    (the convs whose input and output shapes agree). Cached on the ChannelGraph.
+    kept only when its container is not already chosen, it shares no node with a chosen key (one block is
+    never grown twice) and it does not lie inside a block (a layer inside an InvertedResidual or a
+    Conv-BN-act unit is not a network stage). Digits ResNet: stages.0, stages.1; digits VGG: features.3,
+    features.10 (the convs whose input and output shapes agree); torchvision MobileNetV2: its residual blocks.
+    Cached on the ChannelGraph.
     """
     cache = cg.__dict__.setdefault("_baseline_stages", {})
     if "stages" in cache:
@@ -126,8 +128,13 @@ def repeatable_stages(cg: ChannelGraph) -> dict[str, int]:
     from fxscale.passes.depth import resolve, stage_keys
     gm = cg.gm
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    keys = stage_keys(gm)
+    types = _module_types(gm)
+    blocks = [k for k in keys if not _is_stage_type(k, types)]
     found = []
-    for key in stage_keys(gm):
+    for key in keys:
+        if any(key.startswith(b + ".") for b in blocks):
+            continue
         try:
             ins = resolve(gm, key, 1 << 30)  # any count >= the current one: resolves form, nodes, current
             ScalingPlan(depths={key: ins.current + 1}).validate(cg)
@@ -157,6 +164,32 @@ def repeatable_stages(cg: ChannelGraph) -> dict[str, int]:
     return dict(cache["stages"])
 
 
+def _module_types(gm: Any) -> dict[str, type]:
+    """Module path -> type, from the nn_module_stack metadata fxscale.trace leaves on the nodes."""
+    types: dict[str, type] = {}
+    for n in gm.graph.nodes:
+        for key, val in (n.meta.get("nn_module_stack") or {}).items():
+            path = ".".join(p.split("@")[0] for p in str(key).split("."))
+            typ = val[1] if isinstance(val, tuple) and len(val) > 1 else None
+            if isinstance(typ, type):
+                types.setdefault(path, typ)
+        if n.op == "call_module":
+            types.setdefault(str(n.target), type(gm.get_submodule(n.target)))
+    return types
+
+
+def _is_stage_type(path: str, types: Mapping[str, type]) -> bool:
+    """A Sequential whose last child has children of its own (a Sequential of blocks), not a single block."""
+    if not issubclass(types.get(path, object), torch.nn.Sequential):
+        return False
+    pre = path + "."
+    kids = {p[len(pre):].split(".")[0] for p in types if p.startswith(pre)}
+    if not kids:
+        return False
+    last = max(kids, key=lambda c: (int(c) if c.isdigit() else -1, c))
+    return any(p.startswith(f"{pre}{last}.") for p in types)
+
+
 def depth_plan(stages: Mapping[str, int], increments: int) -> ScalingPlan:
     """`increments` blocks added round-robin (+1 per stage in order) to stages {key: current count}."""
     keys = list(stages)
@@ -168,8 +201,8 @@ def depth_plan(stages: Mapping[str, int], increments: int) -> ScalingPlan:
 
 def _round_depth(x: float, how: str) -> int:
     if how == "ceil":
-        return int(math.ceil(x - 1e-9))  # tolerance: n * 1.2**0 must stay n
-    return int(math.floor(x + 0.5))
+        return math.ceil(x - 1e-9)  # tolerance: n * 1.2**0 must stay n
+    return math.floor(x + 0.5)  # round half up
 
 
 def compound_plan(cg: ChannelGraph, d: float, w: float, r: float, *, align: int = 1,
@@ -194,10 +227,9 @@ class _Limits:
         self.budget = budget or Budget()
         self.mode = getattr(evaluator, "mode", "input")
         self.limited = self.budget.latency_ms is not None or self.budget.params is not None
-        if flops_scale is not None:
-            if isinstance(flops_scale, bool) or not isinstance(flops_scale, (int, float)) or \
-                    not math.isfinite(flops_scale) or flops_scale <= 0:
-                raise PlanError(f"{method}: flops_scale must be a positive number, got {flops_scale!r}")
+        if flops_scale is not None and (isinstance(flops_scale, bool) or not isinstance(flops_scale, (int, float))
+                                        or not math.isfinite(flops_scale) or flops_scale <= 0):
+            raise PlanError(f"{method}: flops_scale must be a positive number, got {flops_scale!r}")
         if not self.limited and flops_scale is None:
             raise FxscaleError(f"{method}: nothing to scale to; give a budget with latency_ms and/or params, or "
                                "flops_scale")
@@ -228,10 +260,27 @@ class _Limits:
         return self._flops[key]
 
     def fits(self, plan: ScalingPlan) -> bool:
-        """True when the plan fits the budget (if any) and the FLOPs multiple (if any)."""
+        """True when the plan fits the budget (if any) and the FLOPs multiple (if any).
+
+        Depth plans (a rebuild each) are first checked against two plans they dominate, assuming cost grows
+        with blocks, widths and resolution: the same plan without its depths (no rebuild), and, when every
+        width and the resolution are at least the baseline's, the depths alone (one rebuild per depths,
+        cached), so a compound search does not rebuild every width variant of a depth that never fits.
+        """
+        if plan.depths:
+            if not self.fits(ScalingPlan(widths=dict(plan.widths), resolution=plan.resolution)):
+                return False
+            if (plan.widths or plan.resolution) and self._dominates_baseline(plan) and \
+                    not self.fits(ScalingPlan(depths=dict(plan.depths))):
+                return False
         if self.target_flops is not None and self.flops(plan) > self.target_flops * (1 + 1e-12):
             return False
         return not self.limited or self.evaluator.fits(plan, self.budget)
+
+    def _dominates_baseline(self, plan: ScalingPlan) -> bool:
+        base = self.cg.gm.meta["fxscale"]["resolution"]
+        return all(plan.widths.get(g.name, g.width) >= g.width for g in self.cg.groups) and (
+            plan.resolution is None or all(a >= b for a, b in zip(plan.resolution, base)))
 
     def describe(self) -> dict[str, Any]:
         """The limits, for messages and plan.meta."""
