@@ -97,6 +97,173 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's own)")
 
 
+# ---- cost and measure ----------------------------------------------------------------------------------
+FLOPS_CONVENTION = "FLOPs = 2 x MACs of conv/linear/matmul/attention (norms, activations, pooling: 0 FLOPs)"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    """MODEL, --input-size, and --plan | --widen, --resolution (shared by cost and measure)."""
+    _add_model_args(p)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--plan", help="plan JSON (widths by group name, resolution)")
+    how.add_argument("--widen", type=float, default=None, help="uniform width factor on every scalable group")
+    p.add_argument("--resolution", type=int, nargs="+", metavar="N",
+                   help="input resolution H [W] (overrides the plan's); the model is taken at that input size")
+
+
+def _scaled_graph(args: argparse.Namespace, transform: bool):
+    """Trace MODEL, build the plan from the arguments; transform (input mode) when asked and the plan changes it.
+
+    Returns (gm, cg, plan, new) where `new` is None when nothing was transformed.
+    """
+    import fxscale
+    model, x = _model_and_input(args.model, args.input_size)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    res = tuple((args.resolution * 2)[:2]) if args.resolution else None
+    if args.plan:
+        try:
+            text = Path(args.plan).read_text()
+        except OSError as e:
+            raise fxscale.PlanError(f"cannot read plan file {args.plan}: {e.strerror}") from e
+        plan = fxscale.ScalingPlan.from_json(text)
+        if res is not None:
+            import dataclasses
+            plan = dataclasses.replace(plan, resolution=res)
+    else:
+        plan = uniform_plan(cg, 1.0 if args.widen is None else args.widen, res)
+    plan.validate(cg)
+    changed = (any(plan.widths.get(g.name, g.width) != g.width for g in cg.groups) or bool(getattr(plan, "depths", None))
+               or (plan.resolution is not None and tuple(plan.resolution) != tuple(x.shape[2:])))
+    new = fxscale.transform(gm, plan, resolution_mode="input", cg=cg) if transform and changed else None
+    return gm, cg, plan, new
+
+
+def _plan_cost(cg, plan, new=None):
+    """Cost of the model under the plan (input mode); a depth plan is costed on the transformed graph."""
+    import fxscale
+    if getattr(plan, "depths", None):
+        if new is None:
+            new = fxscale.transform(cg.gm, plan, resolution_mode="input", cg=cg)
+        return fxscale.cost(new)
+    return fxscale.cost(cg, plan, mode="input")
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    """Print the per-layer cost table and totals of a (rescaled) model."""
+    _gm, cg, plan, _ = _scaled_graph(args, transform=False)
+    rep = _plan_cost(cg, plan)
+    if args.json:
+        print(json.dumps({"model": args.model, "convention": FLOPS_CONVENTION, "plan": json.loads(plan.to_json()),
+                          **rep.to_dict()}, indent=2, default=list))
+        return 0
+    res = "x".join(map(str, rep.resolution)) if rep.resolution else "?"
+    print(f"{args.model} at {res}: {FLOPS_CONVENTION}; bytes = fp32 reads + writes per op, unfused")
+    print(rep.table(all_layers=args.all_layers))
+    print(f"totals: {rep.flops / 1e9:.4f} GFLOPs ({rep.macs / 1e9:.4f} GMACs), {rep.params:,} params, "
+          f"{rep.activations:,} activations, {rep.bytes / 2**20:.2f} MiB moved")
+    return 0
+
+
+def _add_cost(sub: argparse._SubParsersAction) -> None:
+    """Register `fxscale cost`."""
+    p = sub.add_parser("cost", help="per-layer FLOPs (= 2 x MACs), params, activations and bytes of a model",
+                       description=f"Analytic cost of MODEL under a plan. {FLOPS_CONVENTION}.")
+    _add_plan_args(p)
+    p.add_argument("--json", action="store_true", help="print CostReport.to_dict() as JSON")
+    p.add_argument("--all-layers", action="store_true", help="list every node, not only computing ones")
+    p.set_defaults(func=cmd_cost)
+
+
+def _measure_target(args: argparse.Namespace):
+    """The target named by --target with the options that apply to it (TargetError lists valid names)."""
+    from fxscale.hw.targets import get_target
+    kwargs: dict = {}
+    if args.target in ("ort", "torch"):
+        kwargs["threads"] = args.threads or 1
+    elif args.threads is not None:
+        kwargs["threads"] = args.threads
+    if args.target == "torch":
+        kwargs["device"] = args.device
+    elif args.device != "cpu":
+        from fxscale.errors import TargetError
+        raise TargetError(f"--device applies to the torch target only (got --target {args.target})")
+    if args.target == "trtexec":
+        kwargs["trtexec"] = args.trtexec
+    return get_target(args.target, **kwargs)
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Transform MODEL (when a plan changes it), time it on a target, report latency and GFLOP/s."""
+    from fxscale.hw.base import MeasureProtocol
+    from fxscale.tracing import example_inputs
+    target = _measure_target(args)  # fail on a bad target before tracing anything
+    protocol = MeasureProtocol(warmup=args.warmup, runs=args.runs, batch=args.batch, statistic=args.statistic)
+    gm, cg, plan, new = _scaled_graph(args, transform=True)
+    model = new if new is not None else gm
+    shape = tuple(example_inputs(model)[0].shape)
+    rep = _plan_cost(cg, plan, new)
+    stats = target.measure(model, shape, protocol)
+    flops = rep.flops * protocol.batch // max(1, shape[0])
+    value = stats.value(args.statistic)
+    result = {"model": args.model, "plan": json.loads(plan.to_json()), "target": args.target,
+              "device": stats.device, "input_shape": [protocol.batch, *shape[1:]], "statistic": args.statistic,
+              "latency_ms": {k: getattr(stats, k) for k in ("mean", "median", "p10", "p90")},
+              "runs": stats.runs, "warmup": stats.warmup, "flops": flops, "macs": rep.macs * protocol.batch,
+              "params": rep.params, "gflops_per_s": flops / (value * 1e-3) / 1e9,
+              "gflops_per_s_median": flops / (stats.median * 1e-3) / 1e9, "convention": FLOPS_CONVENTION,
+              "settings": stats.settings, "samples_ms": stats.samples_ms}
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    lat = result["latency_ms"]
+    print(f"{args.model} {'x'.join(map(str, result['input_shape']))} on {args.target}: {stats.device}")
+    print(f"latency ms ({stats.runs} runs after {stats.warmup} warm-up): mean {lat['mean']:.3f}  "
+          f"median {lat['median']:.3f}  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}")
+    print(f"cost: {flops / 1e9:.4f} GFLOPs per batch (FLOPs = 2 x MACs of conv/linear/matmul/attention), "
+          f"{rep.params:,} params")
+    print(f"utilisation: {result['gflops_per_s']:.2f} GFLOP/s ({args.statistic} latency)"
+          + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+def _add_measure(sub: argparse._SubParsersAction) -> None:
+    """Register `fxscale measure`."""
+    p = sub.add_parser("measure", help="time a (rescaled) model on a target and report GFLOP/s",
+                       description="Transform MODEL with a plan (input-resolution mode) and time it on a target.")
+    _add_plan_args(p)
+    p.add_argument("--target", default="ort", help="device target: ort (default), torch, trtexec, ...")
+    p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (ort/torch; default 1)")
+    p.add_argument("--device", default="cpu", help="torch device for --target torch (cpu, cuda, cuda:1)")
+    p.add_argument("--trtexec", default="trtexec", help="trtexec binary for --target trtexec")
+    p.add_argument("--runs", type=_positive_int, default=50, help="timed runs (default 50, as in the paper)")
+    p.add_argument("--warmup", type=_nonnegative_int, default=10, help="warm-up runs (default 10)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--statistic", choices=["mean", "median"], default="mean",
+                   help="latency statistic used for GFLOP/s (default mean, as in the paper)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    p.set_defaults(func=cmd_measure)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fxscale", description="Hardware-aware model scaling on torch.fx graphs")
@@ -115,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=13)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_transform)
+    _add_cost(sub)
+    _add_measure(sub)
+    from fxscale.scaling.cli import add_scale_command
+    add_scale_command(sub)
     for register in EXTRA_COMMANDS:
         register(sub)
     return parser

@@ -207,6 +207,9 @@ def cost(cg_or_gm: Union[ChannelGraph, fx.GraphModule], plan: Optional[ScalingPl
     """Per-layer and total MACs/FLOPs, params, activations and bytes of a traced model under a plan."""
     cg = cg_or_gm if isinstance(cg_or_gm, ChannelGraph) else analyze(cg_or_gm)
     plan = plan or ScalingPlan()
+    if getattr(plan, "depths", None):  # new blocks are new layers: cost the rebuilt graph (still no training)
+        from fxscale.api import transform
+        return cost(transform(cg.gm, plan, init="reinit", resolution_mode=mode), mode=mode, dtype_bytes=dtype_bytes)
     return cost_model(cg, plan.resolution, mode=mode, dtype_bytes=dtype_bytes).report(plan)
 
 

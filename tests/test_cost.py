@@ -137,3 +137,14 @@ def test_report_formats():
     d = rep.to_dict()
     assert d["flops"] == rep.flops and len(d["layers"]) == len(rep.layers)
     assert "total" in rep.table() and sum(v["macs"] for v in rep.by_kind().values()) == rep.macs
+
+
+def test_depth_plan_is_costed_on_the_deeper_graph():
+    gm = fxscale.trace(zoo.create_model("resnet18").eval(), torch.randn(1, 3, 64, 64))
+    plan = fxscale.ScalingPlan(depths={"layer1": 3})
+    rep = fxscale.cost(gm, plan)
+    new = fxscale.transform(gm, plan)
+    with FlopCounterMode(display=False) as fc:
+        new(torch.randn(1, 3, 64, 64))
+    assert rep.flops == fc.get_total_flops() > fxscale.cost(gm).flops
+    assert rep.params == sum(p.numel() for p in new.parameters())
