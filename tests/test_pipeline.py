@@ -36,7 +36,7 @@ def test_outputs_and_report(run_dir):
         assert (out / f).stat().st_size > 0, f
     assert not (out / ".partial").exists()
     methods = [r["method"] for r in summary["methods"]]
-    assert methods[0] == "baseline" and methods[-1] == "hacscale" and {"uniform", "resolution"} <= set(methods)
+    assert methods[0] == "baseline" and methods[-2:] == ["hacscale", "hacscale-cost"] and {"uniform", "resolution"} <= set(methods)
     plan = fxscale.ScalingPlan.from_json((out / "plan.json").read_text())
     model = torch.load(out / "model.pt", weights_only=False)
     x = torch.randn(2, 1, *plan.resolution)
@@ -53,7 +53,7 @@ def test_outputs_and_report(run_dir):
 def test_hacscale_plan_respects_budgets(run_dir):
     _out, summary, _ = run_dir
     base = summary["methods"][0]
-    hac = summary["methods"][-1]
+    hac = summary["methods"][-2]
     assert hac["params"] <= 3 * base["params"]
     assert summary["search"]["rules"]["paper"]["predicted_ms"] <= summary["budget"]["latency_ms"] + 1e-12
 
@@ -97,5 +97,5 @@ def test_cifar10_recipe_on_synthetic_stand_in(tmp_path):
                                    search_epochs=1, epochs=1, runs=4, warmup=1, rounds=2, alphas=(0.5,),
                                    memory_budget="3x", stride=4)
     rows = summaries[0]["methods"]
-    assert [r["method"] for r in rows] == ["baseline", "uniform", "hacscale"]
+    assert [r["method"] for r in rows] == ["baseline", "uniform", "hacscale", "hacscale-cost"]
     assert (tmp_path / "budget_1.5x" / "report.md").exists()

@@ -289,6 +289,8 @@ class Pipeline:
                                                  "flops_scale", "profile", "runs", "rounds"),
                             lambda: self._method_plans(lat_model, budget, pred))
         plans["hacscale"] = search["plan"]
+        other = next(r for r in RULES if r != cfg.rule)
+        plans[f"hacscale-{other}"] = search["rules"][other]["plan"]  # the other rule, trained for comparison
         plans = {"baseline": json.loads(ScalingPlan().to_json()), **plans}
         results = self._stage("train", self._key("epochs", "seeds", "lr", "batch_size", extra=plans),
                               lambda: self._train_all(plans))
@@ -318,30 +320,33 @@ class Pipeline:
                      f"{scaled_resolution(self.cg, f)} instead")
             start = ScalingPlan(resolution=scaled_resolution(self.cg, f))
         out: dict[str, Any] = {"start": json.loads(start.to_json()), "rules": {}}
-        for rule in RULES:  # both rules (the chosen one is used; the other is reported for comparison)
+        base = self.measure([ScalingPlan()])[0].median if ratio is not None else None
+        for rule in RULES:  # both rules run and are measured; the chosen one is "hacscale"
             r = importance_aware_widths(self.cg, pred, lat_model.bind(self.cg, start), budget, start=start,
                                         stride=self.cfg.stride, rule=rule, align=self.cfg.align)
             gain = sum(pred(g, w) * (w - self.cg[g].width) for g, w in r.plan.widths.items())
-            out["rules"][rule] = {"plan": json.loads(r.plan.to_json()), "steps": len(r.steps), "stopped": r.stopped,
-                                  "predicted_ms": r.latency_ms, "params": r.params, "importance_added": gain}
-            if rule == self.cfg.rule:
-                chosen = r
-        k = len(chosen.steps)
-        measured_ratio = None
-        if ratio is not None:
-            base = self.measure([ScalingPlan()])[0].median
-
-            def measure(plan: ScalingPlan) -> float:
-                a, b = self.measure([ScalingPlan(), plan])
-                return b.median / a.median * base
-            k, m = back_off(chosen, measure, ratio * base)
-            measured_ratio = m / base
-            if k < len(chosen.steps):
-                self.log(f"[search] measured latency over budget: backed off from {len(chosen.steps)} to {k} steps")
-        plan = chosen.prefix(k)
-        plan.meta.pop("start_widths", None)
-        out.update({"plan": json.loads(plan.to_json()), "steps_kept": k, "measured_ratio": measured_ratio})
+            k, measured_ratio = self._back_off(r, ratio, base)
+            plan = r.prefix(k)
+            plan.meta.pop("start_widths", None)
+            out["rules"][rule] = {"plan": json.loads(plan.to_json()), "steps": len(r.steps), "stopped": r.stopped,
+                                  "predicted_ms": r.latency_ms, "params": r.params, "importance_added": gain,
+                                  "steps_kept": k, "measured_ratio": measured_ratio}
+        out.update({k: out["rules"][self.cfg.rule][k] for k in ("plan", "steps_kept", "measured_ratio")})
         return out
+
+    def _back_off(self, r: Any, ratio: Optional[float], base: Optional[float]) -> tuple[int, Optional[float]]:
+        """Steps of a greedy result kept after measuring against the baseline (interleaved)."""
+        if ratio is None or base is None:
+            return len(r.steps), None
+
+        def measure(plan: ScalingPlan) -> float:
+            a, b = self.measure([ScalingPlan(), plan])
+            return b.median / a.median * base
+        k, m = back_off(r, measure, ratio * base)
+        if k < len(r.steps):
+            self.log(f"[search] {r.plan.meta['rule']} rule: measured latency over budget, backed off from "
+                     f"{len(r.steps)} to {k} steps")
+        return k, m / base
 
     def _method_plans(self, lat_model: Any, budget: Budget, pred: ImportancePredictor) -> dict[str, Any]:
         if not self.cfg.methods:

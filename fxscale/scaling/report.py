@@ -88,11 +88,13 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
     for g, f in summary["importance"]["fits"].items():
         lines.append(f"| {g} | {f['a']:.3g} | {f['b']:.3f} | {f['r2']:.2f} | {f['r2_log']:.2f} | {f['n']} | "
                      f"{f['note']} |")
-    lines += ["", "## Width search (Algorithm 1)", "", "| rule | steps | predicted ms | params | importance added | "
-              "stopped |", "|---|---:|---:|---:|---:|---|"]
+    lines += ["", "## Width search (Algorithm 1)", "", "| rule | steps | kept after measuring | measured latency | "
+              "predicted ms | params | importance added | stopped |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for rule, r in s["rules"].items():
-        lines.append(f"| {rule}{' (used)' if rule == cfg.rule else ''} | {r['steps']} | {r['predicted_ms']:.4f} | "
-                     f"{r['params']} | {r['importance_added']:.3g} | {r['stopped']} |")
+        mr = r.get("measured_ratio")
+        lines.append(f"| {rule}{' (hacscale)' if rule == cfg.rule else f' (hacscale-{rule})'} | {r['steps']} | "
+                     f"{r.get('steps_kept', r['steps'])} | {'n/a' if mr is None else f'{mr:.3f}x'} | "
+                     f"{r['predicted_ms']:.4f} | {r['params']} | {r['importance_added']:.3g} | {r['stopped']} |")
     mr = s.get("measured_ratio")
     lines += ["", f"Start: resolution {s['start']['resolution']}; kept {s['steps_kept']} steps after measuring"
               + (f" (measured latency {mr:.3f}x baseline)." if mr is not None else "."), "",
