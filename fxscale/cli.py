@@ -264,6 +264,26 @@ def _add_measure(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_measure)
 
 
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    """Register `fxscale profile` (implemented by fxscale.hw.profile.cli_main)."""
+    p = sub.add_parser("profile", help="profile a device target for the latency predictor",
+                       description="Time single-kernel models drawn around the layers of MODELS on a target, fit "
+                                   "per-kind latency models plus a whole-model calibration, write a profile JSON.")
+    p.add_argument("--target", default="ort", help="device target: ort (default), torch, ...")
+    p.add_argument("--models", required=True, help="comma-separated zoo names, optionally name@input_size")
+    p.add_argument("--input-size", type=_positive_int, default=None, help="input side for names without @size")
+    p.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads (ort/torch; default 1)")
+    p.add_argument("--quick", action="store_true", help="small grid (about a minute)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="profile JSON to write (atomically)")
+
+    def run(args: argparse.Namespace) -> int:
+        from fxscale.hw.profile import cli_main
+        return cli_main(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fxscale", description="Hardware-aware model scaling on torch.fx graphs")
@@ -284,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transform)
     _add_cost(sub)
     _add_measure(sub)
+    _add_profile(sub)
     from fxscale.scaling.cli import add_scale_command
     add_scale_command(sub)
     for register in EXTRA_COMMANDS:

@@ -99,3 +99,26 @@ def test_cifar10_recipe_on_synthetic_stand_in(tmp_path):
     rows = summaries[0]["methods"]
     assert [r["method"] for r in rows] == ["baseline", "uniform", "hacscale", "hacscale-cost"]
     assert (tmp_path / "budget_1.5x" / "report.md").exists()
+
+
+def test_greedy_runs_on_a_device_profile_predictor(tmp_path):
+    from test_predictor import _synthetic_profile
+
+    from fxscale.hw.predictor import LatencyPredictor
+    from fxscale.scaling.budget import Budget
+    from fxscale.scaling.greedy import importance_aware_widths
+    from fxscale.scaling.pipeline import _ProfileLatency
+    from fxscale.scaling.powerlaw import ImportancePredictor, PowerLaw
+    cg = fxscale.analyze(fxscale.trace(fxscale.zoo.create_model("resnet18").eval(), torch.randn(1, 3, 64, 64)))
+    prof = _synthetic_profile(["conv_k7_s2", "conv_k3", "conv_k3_s2", "conv_k1_s2", "norm", "elementwise", "pool",
+                               "gpool", "linear"])
+    path = tmp_path / "p.json"
+    prof.save(path)
+    lat = _ProfileLatency(LatencyPredictor(str(path), mode="input"), str(path))
+    start = fxscale.ScalingPlan(resolution=(72, 72))
+    base = lat.predict(cg, start)
+    pred = ImportancePredictor({g.name: PowerLaw(1.0 + i, -1.0, 1, 1, 5) for i, g in enumerate(cg.scalable)})
+    r = importance_aware_widths(cg, pred, lat.bind(cg, start), Budget(latency_ms=1.3 * base), start=start,
+                                rule="cost", align=8)
+    assert r.steps and r.latency_ms <= 1.3 * base
+    assert r.latency_ms == pytest.approx(lat.predict(cg, r.plan), rel=1e-9)

@@ -20,7 +20,7 @@ class IncrementalLatency(Protocol):
 
     total: float
 
-    def delta(self, group: str, width: int) -> float:
+    def peek(self, group: str, width: int) -> float:
         """Predicted total latency (ms) if `group` had `width`, without committing."""
         ...
 
@@ -38,7 +38,7 @@ class ParamTracker:
         self.per = [self.cm.layer(i, self.sizes).params for i in range(len(self.cm.layers))]
         self.total = sum(self.per) + self.cm.extra_params
 
-    def delta(self, group: str, width: int) -> int:
+    def peek(self, group: str, width: int) -> int:
         """Params if `group` had `width` (not committed)."""
         sizes = dict(self.sizes)
         idx = self.cm.set_width(sizes, group, width)
@@ -68,7 +68,8 @@ class CostLatency:
         r = self.cm.layer(i, sizes)
         return self.k[0] * r.macs + self.k[1] * r.bytes
 
-    def delta(self, group: str, width: int) -> float:
+    def peek(self, group: str, width: int) -> float:
+        """Total if `group` had `width` (not committed)."""
         sizes = dict(self.sizes)
         idx = self.cm.set_width(sizes, group, width)
         return self.total + sum(self._ms(i, sizes) - self.per[i] for i in idx)
@@ -147,7 +148,7 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
     while active and len(result.steps) < max_steps:
         choice = _choose(predictor, latency, widths, divisors, active, stride, align, rule)
         g, new, imp = choice
-        lat, par = latency.delta(g, new), params.delta(g, new)
+        lat, par = latency.peek(g, new), params.peek(g, new)
         if not budget.fits(lat, par):
             if rule == "paper":
                 result.stopped = f"adding kernels to {g} would break the budget ({lat:.4g} ms, {par} params)"
@@ -176,7 +177,7 @@ def _choose(pred: ImportancePredictor, latency: IncrementalLatency, widths: dict
             score = imp
         else:  # predicted importance of the added kernels per ms of added latency
             gain = sum(pred(g, w) for w in range(c + 1, new + 1))
-            score = gain / max(latency.delta(g, new) - latency.total, 1e-9)
+            score = gain / max(latency.peek(g, new) - latency.total, 1e-9)
         if best is None or score > best[0]:
             best = (score, g, new, imp)
     assert best is not None

@@ -188,8 +188,8 @@ class Pipeline:
     def latency_model(self) -> Any:
         """A device profile predictor, or the analytic model calibrated on measured variants."""
         if self.cfg.profile:
-            from fxscale.hw.predictor import LatencyPredictor, load_profile  # noqa: F401 - optional module
-            return LatencyPredictor(load_profile(self.cfg.profile))
+            from fxscale.hw.predictor import LatencyPredictor
+            return _ProfileLatency(LatencyPredictor(self.cfg.profile, mode="input"), self.cfg.profile)
 
         def calibrate() -> dict[str, Any]:
             variants = [ScalingPlan()] + [ScalingPlan(widths=uniform_widths(self.cg, w)) for w in (0.5, 1.5, 2.0)] \
@@ -398,6 +398,22 @@ class Pipeline:
                              results[name]["val_acc"], results[name]["test_acc"])
             rows.append({**asdict(r), "utilization": r.utilization})
         return rows
+
+
+class _ProfileLatency:
+    """A device-profile predictor seen through the pipeline's predict(cg, plan) / bind(cg, plan) interface."""
+
+    def __init__(self, predictor: Any, path: str) -> None:
+        self.p, self.path = predictor, path
+
+    def predict(self, cg: ChannelGraph, plan: ScalingPlan) -> float:
+        return self.p.predict(cg, plan)
+
+    def bind(self, cg: ChannelGraph, plan: ScalingPlan) -> Any:
+        return self.p.bind(cg, plan.resolution, plan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "device profile", "path": str(self.path)}
 
 
 def _match(groups: dict[str, float], name: str) -> str:
