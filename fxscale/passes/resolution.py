@@ -1,14 +1,21 @@
-"""Resolution pass: resize the input inside the graph, and keep C*H*W classifiers consistent."""
+"""Resolution pass: resize the input inside the graph, keep C*H*W classifiers consistent, and re-derive the
+constants a trace baked in at the traced resolution (ViT/MaxViT: see fxscale.passes.spatial_constants)."""
 from __future__ import annotations
 
-import operator
+import contextlib
+import io
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from fxscale.errors import PlanError, TraceError
 from fxscale.tracing import META, propagate_shapes
+
+from fxscale.passes.spatial_constants import (  # noqa: F401 - re-exported
+    _shapes_from_solver, _solve, _Unsupported, _with_nearby, apply_spatial_constants, resample_position_embedding,
+    resample_spatial_map, solve_spatial_constants)
 
 RESOLUTION_MODES = ("resize", "input")
 
@@ -69,26 +76,59 @@ def drop_noop_pools(gm: fx.GraphModule, pools: list[fx.Node]) -> list[str]:
     return kept
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Position embeddings
+# ----------------------------------------------------------------------------------------------------------
+
 def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resize") -> dict[str, Any]:
-    """Scale the input resolution of `gm` in place: 'resize' keeps the original input, 'input' changes it."""
+    """Scale the input resolution of `gm` in place: 'resize' keeps the original input, 'input' changes it.
+
+    At the traced size this is an exact no-op. When the graph does not run at the new size as it is, the
+    constants baked in at the traced size are re-derived (see the module docstring) or a PlanError names the
+    node that cannot follow.
+    """
     info = gm.meta[META]
     original = tuple(info["input_shapes"][0][2:])
+    size = tuple(int(s) for s in size)
+    if size == original and tuple(info.get("resolution") or original) == original:
+        info["resolution"] = size
+        info["resolution_mode"] = mode
+        return {"mode": mode, "size": size, "pooled_flattens": [], "constants": [], "position_embeddings": []}
     pools = pool_before_flattens(gm)
     if mode == "resize":
         insert_resize(gm, size, original)
     gm.graph.lint()
     gm.recompile()
-    inputs = [torch.zeros(tuple(info["input_shapes"][0][:2]) + (tuple(size) if mode == "input" else original),
+    inputs = [torch.zeros(tuple(info["input_shapes"][0][:2]) + (size if mode == "input" else original),
                           dtype=info["input_dtypes"][0])]
-    propagate_shapes(gm, *inputs)
+    inputs += [torch.zeros(s, dtype=dt) for s, dt in zip(info["input_shapes"][1:], info["input_dtypes"][1:])]
+    fixes: dict[str, Any] = {"constants": [], "position_embeddings": []}
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failing node
+            propagate_shapes(gm, *inputs)
+    except TraceError as err:
+        try:
+            solution = _solve(gm, original, size, mode)
+        except _Unsupported:
+            raise err from None
+        except PlanError as e:
+            raise _with_nearby(gm, original, size, mode, e) from None
+        if not solution["constants"] and not solution["position_embeddings"]:
+            raise err
+        fixes = apply_spatial_constants(gm, solution)
+        gm.graph.lint()
+        gm.recompile()
+        _shapes_from_solver(gm, solution["solver"])
     fixed = drop_noop_pools(gm, pools)
     gm.graph.lint()
     gm.recompile()
     if mode == "input":
-        info["input_shapes"][0] = tuple(info["input_shapes"][0][:2]) + tuple(size)
-    info["resolution"] = tuple(size)
+        info["input_shapes"][0] = tuple(info["input_shapes"][0][:2]) + size
+    info["resolution"] = size
     info["resolution_mode"] = mode
-    return {"mode": mode, "size": tuple(size), "pooled_flattens": fixed}
+    return {"mode": mode, "size": size, "pooled_flattens": fixed, **fixes}
 
 
-__all__ = ["resolution_pass", "RESOLUTION_MODES", "operator"]
+__all__ = ["resolution_pass", "RESOLUTION_MODES", "insert_resize", "pool_before_flattens", "drop_noop_pools",
+           "solve_spatial_constants", "apply_spatial_constants", "resample_position_embedding",
+           "resample_spatial_map"]
