@@ -173,7 +173,17 @@ class Pipeline:
                          resolution=self.resolution_of(p), tag=tag) for tag, p, seed in plans]
         kw = {"workers": self.cfg.workers} if self.cfg.executor == "local" else {}
         with get_executor(self.cfg.executor, **kw) as ex:
-            return ex.map(run_job, jobs)
+            if not self.cfg.progress or self.cfg.workers > 1 or self.cfg.executor != "local":
+                return ex.map(run_job, jobs)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            outs = []
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          transient=True) as bar:
+                task = bar.add_task(f"training {len(jobs)} x {epochs} epochs", total=len(jobs))
+                for job in jobs:
+                    outs += ex.map(run_job, [job])
+                    bar.advance(task)
+            return outs
 
     def measure(self, plans: list[ScalingPlan]) -> list[Any]:
         """Latency of each plan's model, timed interleaved in one session."""
