@@ -49,6 +49,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_plan(path: str):
+    """A ScalingPlan from a JSON file (PlanError naming the file when unreadable)."""
+    import fxscale
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise fxscale.PlanError(f"cannot read plan file {path}: {e.strerror}") from e
+    return fxscale.ScalingPlan.from_json(text)
+
+
 def uniform_plan(cg, factor: float, resolution: Optional[Sequence[int]] = None):
     """Scale every scalable group by `factor`, rounded to its divisor."""
     import fxscale
@@ -65,11 +75,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     gm = fxscale.trace(model, x)
     cg = fxscale.analyze(gm)
     if args.plan:
-        try:
-            text = Path(args.plan).read_text()
-        except OSError as e:
-            raise fxscale.PlanError(f"cannot read plan file {args.plan}: {e.strerror}") from e
-        plan = fxscale.ScalingPlan.from_json(text)
+        plan = read_plan(args.plan)
     else:
         res = (args.resolution * 2)[:2] if args.resolution else None
         plan = uniform_plan(cg, args.widen, res)
@@ -136,11 +142,7 @@ def _scaled_graph(args: argparse.Namespace, transform: bool):
     cg = fxscale.analyze(gm)
     res = tuple((args.resolution * 2)[:2]) if args.resolution else None
     if args.plan:
-        try:
-            text = Path(args.plan).read_text()
-        except OSError as e:
-            raise fxscale.PlanError(f"cannot read plan file {args.plan}: {e.strerror}") from e
-        plan = fxscale.ScalingPlan.from_json(text)
+        plan = read_plan(args.plan)
         if res is not None:
             import dataclasses
             plan = dataclasses.replace(plan, resolution=res)

@@ -65,8 +65,6 @@ def test_cost_plan_file_and_resolution_override(tmp_path, capsys):
 
 
 def test_cost_depth_plan(tmp_path, capsys):
-    if "depths" not in {f.name for f in dataclasses.fields(fxscale.ScalingPlan)}:
-        pytest.skip("ScalingPlan has no depths yet")
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"depths": {"stages.0": 3}}))
     assert main(["cost", "digits_resnet", "--json"]) == 0
