@@ -322,20 +322,29 @@ class PredictorState:
             raise PlanError(f"no channel group named {group!r}")
         return g
 
-    def set_width(self, group: str, width: int) -> float:
-        """Commit a new width for one group; return the new total latency (ms)."""
+    def _apply(self, group: str, width: int) -> tuple[list, list, list, list]:
+        """Set the group's atom sizes; return (atoms, their old sizes, touched layers, their new values)."""
         atoms, parts, idx = self._group(group)
-        s, vals, extras, wbs, fns = self.sizes, self._vals, self._extras, self._wbs, self._c.fns
+        s, fns = self.sizes, self._c.fns
+        old = [s[a] for a in atoms]
         v = width // parts
         for a in atoms:
             s[a] = v
-        dh = de = dw = 0.0
-        for i in idx:
-            ms, ex, wb = fns[i](s)
-            dh += ms - vals[i]
-            de += ex - extras[i]
-            dw += wb - wbs[i]
-            vals[i], extras[i], wbs[i] = ms, ex, wb
+        return atoms, old, idx, [fns[i](s) for i in idx]
+
+    def _sums(self, idx: list, new: list) -> tuple[float, float, float]:
+        """Changes of the hot, extra and weight-byte sums from the touched layers' new values."""
+        vals, extras, wbs = self._vals, self._extras, self._wbs
+        return (sum(ms - vals[i] for i, (ms, _e, _w) in zip(idx, new)),
+                sum(ex - extras[i] for i, (_m, ex, _w) in zip(idx, new)),
+                sum(wb - wbs[i] for i, (_m, _e, wb) in zip(idx, new)))
+
+    def set_width(self, group: str, width: int) -> float:
+        """Commit a new width for one group; return the new total latency (ms)."""
+        _atoms, _old, idx, new = self._apply(group, width)
+        dh, de, dw = self._sums(idx, new)
+        for i, (ms, ex, wb) in zip(idx, new):
+            self._vals[i], self._extras[i], self._wbs[i] = ms, ex, wb
         self.hot += dh
         self.extra += de
         self.weight_bytes += dw
@@ -345,20 +354,10 @@ class PredictorState:
 
     def delta(self, group: str, width: int) -> float:
         """Latency change (ms) if `group` had `width`, without committing it."""
-        atoms, parts, idx = self._group(group)
-        s, vals, extras, wbs, fns = self.sizes, self._vals, self._extras, self._wbs, self._c.fns
-        old = [s[a] for a in atoms]
-        v = width // parts
-        for a in atoms:
-            s[a] = v
-        dh = de = dw = 0.0
-        for i in idx:
-            ms, ex, wb = fns[i](s)
-            dh += ms - vals[i]
-            de += ex - extras[i]
-            dw += wb - wbs[i]
+        atoms, old, idx, new = self._apply(group, width)
         for a, o in zip(atoms, old):
-            s[a] = o
+            self.sizes[a] = o
+        dh, de, dw = self._sums(idx, new)
         return self._total(self.hot + dh, self.extra + de, self.weight_bytes + dw) - self.total
 
     def peek(self, group: str, width: int) -> float:

@@ -368,7 +368,7 @@ def _round_sizes(runs: int, rounds: int) -> list[int]:
     return [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
 
 
-def _samplers(target: Any, models: tuple[Any, Any], shapes: tuple[Sequence[int], Sequence[int]],
+def _samplers(target: Any, models: Sequence[Any], shapes: Sequence[Sequence[int]],
               protocol: MeasureProtocol) -> list[Callable[[int], list[float]]]:
     """Per-model `n -> samples` functions: prepared runners when the target has prepare(), else measure()."""
     if hasattr(target, "prepare"):

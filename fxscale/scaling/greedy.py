@@ -29,57 +29,46 @@ class IncrementalLatency(Protocol):
         ...
 
 
-class ParamTracker:
-    """Exact parameter count under incremental width changes (analytic cost model, no rebuild)."""
+class _LayerSum:
+    """A sum over the cost model's layers of value(LayerCost), updated one group at a time."""
 
-    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, mode: str = "input") -> None:
+    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, value: Callable[[Any], float], const: float,
+                 mode: str) -> None:
         self.cm = cost_model(cg, plan.resolution, mode=mode)
-        self.sizes = self.cm.sizes(ScalingPlan(widths=dict(plan.widths), resolution=plan.resolution))
-        self.per = [self.cm.layer(i, self.sizes).params for i in range(len(self.cm.layers))]
-        self.total = sum(self.per) + self.cm.extra_params
-
-    def peek(self, group: str, width: int) -> int:
-        """Params if `group` had `width` (not committed)."""
-        sizes = dict(self.sizes)
-        idx = self.cm.set_width(sizes, group, width)
-        return self.total + sum(self.cm.layer(i, sizes).params - self.per[i] for i in idx)
-
-    def set_width(self, group: str, width: int) -> int:
-        """Commit a width; return the new total."""
-        for i in self.cm.set_width(self.sizes, group, width):
-            new = self.cm.layer(i, self.sizes).params
-            self.total += new - self.per[i]
-            self.per[i] = new
-        return self.total
-
-
-class CostLatency:
-    """An analytic incremental latency model: c0 + sum over layers of (c_mac*MACs + c_byte*bytes)."""
-
-    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, c_mac: float = 1e-6, c_byte: float = 0.0,
-                 c0: float = 0.0, mode: str = "input") -> None:
-        self.cm = cost_model(cg, plan.resolution, mode=mode)
-        self.k = (c_mac, c_byte)
+        self.value = value
         self.sizes = self.cm.sizes(plan)
-        self.per = [self._ms(i, self.sizes) for i in range(len(self.cm.layers))]
-        self.total = c0 + sum(self.per)
-
-    def _ms(self, i: int, sizes: dict) -> float:
-        r = self.cm.layer(i, sizes)
-        return self.k[0] * r.macs + self.k[1] * r.bytes
+        self.per = [value(self.cm.layer(i, self.sizes)) for i in range(len(self.cm.layers))]
+        self.total = const + sum(self.per)
 
     def peek(self, group: str, width: int) -> float:
         """Total if `group` had `width` (not committed)."""
         sizes = dict(self.sizes)
         idx = self.cm.set_width(sizes, group, width)
-        return self.total + sum(self._ms(i, sizes) - self.per[i] for i in idx)
+        return self.total + sum(self.value(self.cm.layer(i, sizes)) - self.per[i] for i in idx)
 
     def set_width(self, group: str, width: int) -> float:
+        """Commit a width; return the new total."""
         for i in self.cm.set_width(self.sizes, group, width):
-            new = self._ms(i, self.sizes)
+            new = self.value(self.cm.layer(i, self.sizes))
             self.total += new - self.per[i]
             self.per[i] = new
         return self.total
+
+
+class ParamTracker(_LayerSum):
+    """Exact parameter count under incremental width changes (analytic cost model, no rebuild)."""
+
+    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, mode: str = "input") -> None:
+        plan = ScalingPlan(widths=dict(plan.widths), resolution=plan.resolution)
+        super().__init__(cg, plan, lambda r: r.params, cost_model(cg, plan.resolution, mode=mode).extra_params, mode)
+
+
+class CostLatency(_LayerSum):
+    """An analytic incremental latency model: c0 + sum over layers of (c_mac*MACs + c_byte*bytes)."""
+
+    def __init__(self, cg: ChannelGraph, plan: ScalingPlan, c_mac: float = 1e-6, c_byte: float = 0.0,
+                 c0: float = 0.0, mode: str = "input") -> None:
+        super().__init__(cg, plan, lambda r: c_mac * r.macs + c_byte * r.bytes, c0, mode)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Measuring many models interleaved, and the analytic latency model calibrated by end-to-end timings."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,17 +17,10 @@ from fxscale.scaling.greedy import CostLatency
 def measure_many(target: Any, models: Sequence[Any], shapes: Sequence[Sequence[int]], protocol: MeasureProtocol,
                  rounds: int = 5) -> list[LatencyStats]:
     """Time several models in alternating rounds (order rotates each round) so machine drift hits all alike."""
-    from fxscale.hw.targets import _round_sizes, _stats, _with_batch
+    from fxscale.hw.targets import _round_sizes, _samplers, _stats
     if not models:
         return []
-    if hasattr(target, "prepare"):
-        runners = [target.prepare(m, _with_batch(s, protocol.batch)) for m, s in zip(models, shapes)]
-        for r in runners:
-            r.sample(protocol.warmup)
-        sample = [r.sample for r in runners]
-    else:
-        sample = [lambda n, m=m, s=s: target.measure(m, s, replace(protocol, runs=n)).samples_ms
-                  for m, s in zip(models, shapes)]
+    sample = _samplers(target, models, shapes, protocol)
     got: list[list[float]] = [[] for _ in models]
     for k, n in enumerate(_round_sizes(protocol.runs, rounds)):
         order = list(range(len(models)))

@@ -234,9 +234,11 @@ class Pipeline:
 
     def compound_plan(self, alpha: float) -> ScalingPlan:
         """Equation 3 of the paper: d = 1, r = sqrt(s)^alpha, w = sqrt(s)^(1 - alpha)."""
+        from fxscale.scaling.baselines import compound_plan
         root = math.sqrt(self.cfg.flops_scale)
-        return ScalingPlan(widths=uniform_widths(self.cg, root ** (1 - alpha), self.cfg.align),
-                           resolution=scaled_resolution(self.cg, root ** alpha), meta={"alpha": alpha})
+        plan = compound_plan(self.cg, 1.0, root ** (1 - alpha), root ** alpha, align=self.cfg.align)
+        plan.meta["alpha"] = alpha
+        return plan
 
     def importance_fit(self, resolution: tuple[int, int]) -> ImportancePredictor:
         """Sample width configurations, train briefly, measure Taylor importance, fit I = a*C^b per group."""
@@ -263,8 +265,9 @@ class Pipeline:
                 model.load_state_dict(o.state_dict)
                 imp = importance(model, self.bundle, batches=8, batch_size=cfg.batch_size,
                                  resolution=self.resolution_of(plan))
-                imp.widths = dict(plan.widths)
-                imp.groups = {g: imp.groups[_match(imp.groups, g)] for g in plan.widths}
+                missing = sorted(set(plan.widths) - set(imp.groups))
+                if missing:
+                    raise FxscaleError(f"importance of the sampled model has no groups {missing}")
                 cache.mkdir(parents=True, exist_ok=True)
                 _atomic_write(path, json.dumps(imp.to_dict()))
                 samples.append(imp)
@@ -401,9 +404,7 @@ class Pipeline:
         rows = []
         for name, p in plans.items():
             plan = ScalingPlan.from_json(json.dumps(p))
-            built = self.build(plan)
-            c = fxscale.cost(fxscale.analyze(built)) if getattr(plan, "depths", None) else \
-                fxscale.cost(self.cg, plan, mode="input")
+            c = fxscale.cost(self.cg, plan, mode="input")  # depth plans are costed on the deeper graph
             r = MethodResult(name, p, c.params, c.flops, meas[name]["median"], meas[name]["p10"], meas[name]["p90"],
                              results[name]["val_acc"], results[name]["test_acc"])
             rows.append({**asdict(r), "utilization": r.utilization})
@@ -424,12 +425,6 @@ class _ProfileLatency:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "device profile", "path": str(self.path)}
-
-
-def _match(groups: dict[str, float], name: str) -> str:
-    if name not in groups:
-        raise FxscaleError(f"importance has no group {name!r}")
-    return name
 
 
 def _atomic_write(path: Path, text: str) -> None:
