@@ -23,8 +23,7 @@ import torch
 import torch.fx as fx
 
 from fxscale.analysis.graph import ChannelGraph, analyze
-from fxscale.analysis.layers import get_module_cost
-from fxscale.analysis.ops import get_op_cost
+from fxscale.ops.table import module_row, node_row
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import META
 
@@ -272,15 +271,15 @@ def _cost_fn(cg: ChannelGraph, node: fx.Node) -> tuple[Callable, list[str]]:
     """The node's cost formula bound to its module, and the parameter paths it reads."""
     if node.op == "call_module":
         mod = cg.ctx.modules[node.target]
-        fn = get_module_cost(mod)
+        row = module_row(mod)
         names = [f"{node.target}.{n}" for n, _p in mod.named_parameters()]
-        if fn is None:
+        if row is None:
             return (lambda ins, out: ("other", 0)), names
-        return (lambda ins, out: fn(mod, ins, out)), names
+        return (lambda ins, out: row.cost_of(mod, ins, out)), names
     if node.op == "get_attr":
         return (lambda ins, out: ("view", 0)), [node.target]
-    fn = get_op_cost(node)
-    return (lambda ins, out: fn(node, ins, out)), []
+    op = node_row(node)
+    return (lambda ins, out: op.cost_of(node, ins, out)), []
 
 
 def _param_templates(cg: ChannelGraph) -> dict[str, list[Dim]]:
@@ -309,4 +308,19 @@ def _resolution_graph(cg: ChannelGraph, resolution: tuple[int, int], mode: str) 
     return new.graph
 
 
-__all__ = ["CostModel", "CostReport", "LayerCost", "cost", "cost_model"]
+def reference_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one call counted by ``FlopCounterMode``, independent of the attention kernel torch picks.
+
+    Fused attention kernels (``_scaled_dot_product_flash_attention_for_cpu`` since torch 2.14 on CPU, the
+    native MHA fast path) are not counted by every torch's FlopCounterMode; under the math SDPA backend and
+    with autograd on, attention decomposes into matmuls that every supported torch counts. This is the
+    independent oracle the analytic model is tested against.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    with sdpa_kernel([SDPBackend.MATH]), torch.enable_grad(), FlopCounterMode(display=False) as fc:
+        fn(*args, **kwargs)
+    return int(fc.get_total_flops())
+
+
+__all__ = ["CostModel", "CostReport", "LayerCost", "cost", "cost_model", "reference_flops"]

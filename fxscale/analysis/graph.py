@@ -9,9 +9,8 @@ import torch.fx as fx
 
 from fxscale.analysis.context import Ctx, Use
 from fxscale.analysis.labels import Label
-from fxscale.analysis.layers import get_module_rule
-from fxscale.analysis.ops import get_op_rule
 from fxscale.errors import TraceError
+from fxscale.ops.table import module_row, node_row
 from fxscale.tracing import META
 
 
@@ -96,15 +95,15 @@ def _get_attr(ctx: Ctx, node: fx.Node) -> Any:
 
 def _call_module(ctx: Ctx, node: fx.Node) -> Any:
     mod = ctx.modules[node.target]
-    rule = get_module_rule(mod)
-    if rule is None:
+    row = module_row(mod)
+    if row is None:
         reason = f"module {node.target} ({type(mod).__name__}) has no channel rule"
         for a in node.args:
             ctx.freeze_value(ctx.lab(a), reason)
         if any(True for _ in mod.parameters(recurse=True)):
             ctx.notes.append(reason)
         return None
-    return rule(ctx, node, mod)
+    return row.rule(ctx, node, mod)
 
 
 def _walk(ctx: Ctx, graph: fx.Graph) -> None:
@@ -129,7 +128,7 @@ def _walk(ctx: Ctx, graph: fx.Graph) -> None:
 def _apply_rule(ctx: Ctx, node: fx.Node) -> Any:
     """Run a node's rule; a rule that cannot make sense of its inputs freezes them instead."""
     try:
-        return get_op_rule(node)(ctx, node)
+        return node_row(node).rule(ctx, node)
     except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
         from fxscale.analysis.ops import unknown
         unknown(ctx, node)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch.fx as fx
 from torch import nn
@@ -10,21 +10,6 @@ from torch import nn
 from fxscale.analysis.context import Ctx
 from fxscale.analysis.labels import Part, concat
 
-ModuleRule = Callable[[Ctx, fx.Node, nn.Module], Any]
-# Cost formula of a module call: (module, input shapes, output shape) -> (kernel kind, multiply-accumulates).
-ModuleCost = Callable[[nn.Module, list, tuple], tuple[str, int]]
-
-UNARY_MODULES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
-    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax,
-)
-SPATIAL_MODULES: tuple[type, ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Upsample,
-    nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
-    nn.ReplicationPad2d,
-)
 
 
 def _in(ctx: Ctx, node: fx.Node, i: int = 0) -> Any:
@@ -243,53 +228,56 @@ def mha_cost(mod: nn.MultiheadAttention, ins: list, out: tuple) -> tuple[str, in
     return "attention", n * (lq * e * e + s * e * k[-1] + s * e * v[-1] + 2 * lq * s * e + lq * e * e)
 
 
-def no_macs(kind: str) -> ModuleCost:
-    """Cost formula of a module without multiply-accumulates (norms, pools, activations): bytes only."""
-    return lambda mod, ins, out: (kind, 0)
-
-
 def flatten_module(ctx: Ctx, node: fx.Node, mod: nn.Flatten) -> Any:
     """nn.Flatten: a reshape merging dims start..end."""
     from fxscale.analysis.ops import reshape_labels
     return reshape_labels(ctx, node, node.args[0], None)
 
 
-_VIEW_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-
-# (module types, channel rule, cost formula): one row per op, the rule and its cost side by side.
-MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule, ModuleCost]] = [
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv, conv_cost),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose, conv_transpose_cost),
-    ((nn.Linear,), linear, linear_cost),
-    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
-      nn.InstanceNorm3d, nn.SyncBatchNorm), batchnorm, no_macs("norm")),
-    ((nn.GroupNorm,), groupnorm, no_macs("norm")),
-    ((nn.LayerNorm,), layernorm, no_macs("norm")),
-    ((nn.MultiheadAttention,), mha, mha_cost),
-    ((nn.Flatten,), flatten_module, no_macs("view")),
-    (_VIEW_MODULES, unary, no_macs("view")),
-    (UNARY_MODULES, unary, no_macs("elementwise")),
-    (SPATIAL_MODULES, spatial, no_macs("pool")),
-]
+# ---- size attributes patched after a width change (each next to its op's rule) ----------------------
+def patch_conv(mod: nn.Module, use: Any) -> None:
+    """ConvNd: out/in channels from the weight; a depthwise conv stays depthwise."""
+    mod.out_channels = mod.weight.shape[0]
+    mult = use.extra.get("depthwise")
+    if mult:
+        mod.groups = mod.in_channels = mod.out_channels // mult
+    else:
+        mod.in_channels = mod.weight.shape[1] * mod.groups
 
 
-def _lookup(mod: nn.Module) -> tuple | None:
-    for row in MODULE_RULES:  # exact type first, then isinstance
-        if type(mod) in row[0]:
-            return row
-    for row in MODULE_RULES:
-        if isinstance(mod, row[0]):
-            return row
-    return None
+def patch_conv_transpose(mod: nn.Module, use: Any) -> None:
+    """ConvTransposeNd: weight is [Cin, Cout/groups, *k]."""
+    mod.in_channels = mod.weight.shape[0]
+    mod.out_channels = mod.weight.shape[1] * mod.groups
 
 
-def get_module_rule(mod: nn.Module) -> ModuleRule | None:
-    """The channel rule for a leaf module type, or None."""
-    row = _lookup(mod)
-    return row[1] if row else None
+def patch_linear(mod: nn.Module, use: Any) -> None:
+    mod.out_features, mod.in_features = mod.weight.shape
 
 
-def get_module_cost(mod: nn.Module) -> ModuleCost | None:
-    """The cost formula for a leaf module type, or None (unknown modules cost bytes only)."""
-    row = _lookup(mod)
-    return row[2] if row else None
+def patch_batchnorm(mod: nn.Module, use: Any) -> None:
+    t = mod.weight if mod.weight is not None else mod.running_mean
+    if t is not None:
+        mod.num_features = t.shape[0]
+
+
+def patch_groupnorm(mod: nn.Module, use: Any) -> None:
+    mod.num_channels = mod.weight.shape[0]
+
+
+def patch_layernorm(mod: nn.Module, use: Any) -> None:
+    if mod.weight is not None:
+        mod.normalized_shape = (mod.weight.shape[0],)
+
+
+def patch_mha(mod: nn.Module, use: Any) -> None:
+    e = mod.out_proj.weight.shape[0]
+    mod.embed_dim = mod.kdim = mod.vdim = e
+    mod.head_dim = e // mod.num_heads
+    mod.out_proj.in_features = mod.out_proj.out_features = e
+
+
+__all__ = ["unary", "spatial", "conv", "conv_cost", "conv_transpose", "conv_transpose_cost", "linear", "linear_cost",
+           "batchnorm", "groupnorm", "layernorm", "mha", "mha_cost", "flatten_module", "patch_conv",
+           "patch_conv_transpose", "patch_linear", "patch_batchnorm", "patch_groupnorm", "patch_layernorm", "patch_mha",
+           "channel_first_out"]

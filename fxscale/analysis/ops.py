@@ -2,29 +2,20 @@
 from __future__ import annotations
 
 import math
-import operator
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
 
 from fxscale.analysis.context import Ctx
-from fxscale.analysis.labels import Incompatible, Part, concat, with_inner
+from fxscale.analysis.labels import Incompatible, concat
+from fxscale.analysis.reshape import (  # noqa: F401 - re-exported rules
+    _arg, _dim, flatten_fn, reshape_labels, size_of, squeeze_unsqueeze, tie_size_args, view_like)
 
 OpRule = Callable[[Ctx, fx.Node], Any]
 # Cost formula of a function/method call: (node, input shapes, output shape) -> (kernel kind, multiply-accumulates).
 OpCost = Callable[[fx.Node, list, tuple], tuple[str, int]]
 
 
-def _dim(d: int, nd: int) -> int:
-    return d + nd if d < 0 else d
-
-
-def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
 
 
 # ---- elementwise ------------------------------------------------------------------------------
@@ -36,10 +27,11 @@ def elementwise(ctx: Ctx, node: fx.Node) -> Any:
     nd = len(shape)
     out: list = [None] * nd
     unlabelled = [False] * nd
-    for a in list(node.args) + list(node.kwargs.values()):
+    operands = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(ctx.shape(a), tuple)]
+    if any(not isinstance(ctx.lab(a), list) for a in operands):
+        return unknown(ctx, node)  # a tensor operand of unknown layout: every operand is frozen
+    for a in operands:
         la, sa = ctx.lab(a), ctx.shape(a)
-        if not isinstance(la, list):
-            continue
         off = nd - len(sa)
         for i, (s, lab) in enumerate(zip(sa, la)):
             j = off + i
@@ -123,125 +115,6 @@ def movedim(ctx: Ctx, node: fx.Node) -> Any:
     lab = labels.pop(src)
     labels.insert(dst, lab)
     return labels
-
-
-def _blocks(si: tuple, so: tuple) -> Optional[list]:
-    """Pair runs of input dims with runs of output dims whose sizes multiply to the same number."""
-    i = j = 0
-    out = []
-    while i < len(si) or j < len(so):
-        if i < len(si) and si[i] == 1 and (j >= len(so) or so[j] != 1):
-            out.append(([i], []))
-            i += 1
-            continue
-        if j < len(so) and so[j] == 1 and (i >= len(si) or si[i] != 1):
-            out.append(([], [j]))
-            j += 1
-            continue
-        if i >= len(si) or j >= len(so):
-            return None
-        bi, bj, pi, pj = [i], [j], si[i], so[j]
-        i, j = i + 1, j + 1
-        while pi != pj:
-            if pi < pj:
-                if i >= len(si):
-                    return None
-                pi *= si[i]
-                bi.append(i)
-                i += 1
-            else:
-                if j >= len(so):
-                    return None
-                pj *= so[j]
-                bj.append(j)
-                j += 1
-        out.append((bi, bj))
-    return out
-
-
-def _size_args(node: fx.Node) -> tuple[Optional[list], str]:
-    """The explicit size arguments of a view/reshape node, and where they sit."""
-    if node.target in ("view", "reshape") and node.op == "call_method":
-        rest = node.args[1:]
-        if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
-            return list(rest[0]), "seq1"
-        return list(rest), "varargs"
-    if node.target is torch.reshape:
-        return list(_arg(node, 1, "shape")), "seq1"
-    return None, ""
-
-
-def reshape_labels(ctx: Ctx, node: fx.Node, src: Any, _unused: Any = None) -> Any:
-    """view/reshape/flatten as dimension factorisations: merges and splits of channel dims."""
-    labels, si, so = ctx.lab(src), ctx.shape(src), ctx.shape(node)
-    sizes, where = _size_args(node)
-    if not isinstance(labels, list):
-        out = [None] * len(so) if isinstance(so, tuple) else None
-        tie_size_args(ctx, node, out or [], sizes)
-        return out
-    blocks = _blocks(tuple(si), tuple(so))
-    if blocks is None:
-        ctx.freeze_value(labels, f"node {node.name}: reshape {si} -> {so} not understood")
-        return [None] * len(so)
-    out: list = [None] * len(so)
-    for bi, bj in blocks:
-        labs = [labels[i] for i in bi if labels[i] is not None]
-        if not labs or not bj:
-            if labs:
-                ctx.freeze_value(labs, f"node {node.name}: channel dim squeezed away")
-            continue
-        if len(bi) == 1 and len(bj) == 1:
-            out[bj[0]] = labels[bi[0]]
-        elif len(bi) == 1:
-            out[bj[0]:bj[-1] + 1] = _split_dim(ctx, node, labels[bi[0]], bj, so, sizes)
-        elif len(bj) == 1 and len(labs) == 1:
-            c = next(i for i in bi if labels[i] is not None)
-            outer = math.prod(si[i] for i in bi if i < c)
-            inner = math.prod(si[i] for i in bi if i > c)
-            out[bj[0]] = with_inner(labels[c], inner) * outer
-        else:
-            ctx.freeze_value(labs, f"node {node.name}: reshape mixes several channel dims")
-            continue
-        for j in bj:
-            if out[j] is not None and sizes is not None and isinstance(sizes[j], int) and sizes[j] != -1:
-                ctx.literal(node, where, j, out[j])
-    tie_size_args(ctx, node, out, sizes)
-    return out
-
-
-def _split_dim(ctx: Ctx, node: fx.Node, lab: tuple, bj: list, so: tuple, sizes: Optional[list]) -> list:
-    """Factor one channel dim into several: one variable dim carries the channels, the others are fixed."""
-    def variable(j: int) -> bool:
-        return sizes is not None and (isinstance(sizes[j], fx.Node) or sizes[j] == -1)
-    var = [j for j in bj if variable(j)]
-    if len(var) > 1:
-        ctx.atoms.freeze(lab, f"node {node.name}: reshape splits a channel dim into several variable dims")
-        return [None] * len(bj)
-    v = var[0] if var else max(j for j in bj if so[j] > 1)
-    outer = math.prod(so[j] for j in bj if j < v)
-    inner = math.prod(so[j] for j in bj if j > v)
-    new = ctx.atoms.label(so[v], f"{node.name} factor")
-    try:
-        ctx.atoms.tie(lab, with_inner(new, inner) * outer)
-    except Incompatible as e:
-        ctx.atoms.freeze(lab, f"node {node.name}: {e}")
-        return [None] * len(bj)
-    return [new if j == v else None for j in bj]
-
-
-def flatten_fn(ctx: Ctx, node: fx.Node) -> Any:
-    """torch.flatten / x.flatten."""
-    return reshape_labels(ctx, node, node.args[0])
-
-
-def view_like(ctx: Ctx, node: fx.Node) -> Any:
-    """view/reshape/unflatten."""
-    return reshape_labels(ctx, node, node.args[0])
-
-
-def squeeze_unsqueeze(ctx: Ctx, node: fx.Node) -> Any:
-    """squeeze/unsqueeze: size-1 dims come and go."""
-    return reshape_labels(ctx, node, node.args[0])
 
 
 def expand(ctx: Ctx, node: fx.Node) -> Any:
@@ -359,32 +232,6 @@ def _equal_parts(ctx: Ctx, node: fx.Node, pieces: list, sizes: list) -> None:
             ctx.atoms.freeze(p, f"node {node.name}: {e}")
 
 
-def size_of(ctx: Ctx, node: fx.Node) -> Any:
-    """x.shape / x.size() / x.size(d): remember which channel label an int was read from."""
-    labels = ctx.lab(node.args[0])
-    if not isinstance(labels, list):
-        return None
-    if node.target is getattr and node.args[1] != "shape":
-        return None
-    d = _arg(node, 1, "dim") if node.op == "call_method" else None
-    if d is not None:
-        return {"size": labels[_dim(d, len(labels))]}
-    return {"sizes": labels}
-
-
-def tie_size_args(ctx: Ctx, node: fx.Node, out: list, sizes: Optional[list]) -> None:
-    """A reshape size read from another tensor's channel dim ties that dim to the output dim."""
-    for j, s in enumerate(sizes or []):
-        mark = ctx.lab(s) if isinstance(s, fx.Node) else None
-        src = mark.get("size") if isinstance(mark, dict) else None
-        if src is None or j >= len(out):
-            continue
-        if out[j] is None:
-            ctx.atoms.freeze(src, f"node {node.name}: reshape size taken from a channel dim")
-        else:
-            ctx.tie(out[j], src, f"node {node.name}")
-
-
 def getitem(ctx: Ctx, node: fx.Node) -> Any:
     """Tuple element, or tensor indexing with ints/full slices/None/Ellipsis."""
     src, idx = node.args
@@ -432,8 +279,10 @@ def matmul(ctx: Ctx, node: fx.Node) -> Any:
     """a @ b: the contracted dims are tied; batch dims broadcast."""
     a, b = node.args[:2]
     la, lb = ctx.lab(a), ctx.lab(b)
-    if not isinstance(la, list) or not isinstance(lb, list) or len(la) < 2 or len(lb) < 2:
-        ctx.freeze_value([la, lb] if False else la, f"node {node.name}: matmul of vectors")
+    if not isinstance(la, list) or not isinstance(lb, list):
+        return unknown(ctx, node)
+    if len(la) < 2 or len(lb) < 2:
+        ctx.freeze_value((la, lb), f"node {node.name}: matmul of vectors")
         return [None] * len(ctx.shape(node))
     ctx.tie(la[-1], lb[-2], f"node {node.name}")
     batch = la[:-2] if len(la) >= len(lb) else lb[:-2]
@@ -529,87 +378,7 @@ def ignore(ctx: Ctx, node: fx.Node) -> Any:
     return None
 
 
-_ELEMENTWISE_FNS = [operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-                    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where]
-_UNARY_FNS = [F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.elu,
-              F.leaky_relu, F.dropout, F.dropout2d, F.softmax, F.log_softmax, F.mish, torch.relu, torch.sigmoid,
-              torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.clamp,
-              torch.softmax, operator.neg, F.hardtanh, torch.nn.functional.normalize]
-_SPATIAL_FNS = [F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate,
-                F.adaptive_avg_pool1d, F.max_pool1d, F.avg_pool1d, F.pad]
-_UNARY_METHODS = ["relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg", "sqrt", "clamp", "contiguous",
-                  "clone", "float", "half", "to", "type_as", "softmax", "detach", "pow", "mul_", "add_", "div_",
-                  "masked_fill", "clamp_min", "clamp_max", "abs_", "hardswish", "gelu"]
-_ELEMENTWISE_METHODS = ["add", "sub", "mul", "div", "maximum", "minimum", "__add__", "__mul__", "expand_as"]
-
-FUNCTION_RULES: dict[Any, OpRule] = {
-    **{f: elementwise for f in _ELEMENTWISE_FNS},
-    **{f: passthrough for f in _UNARY_FNS},
-    **{f: spatial_fn for f in _SPATIAL_FNS},
-    operator.getitem: getitem, torch.flatten: flatten_fn, torch.reshape: view_like, torch.permute: permute,
-    torch.transpose: transpose, torch.swapaxes: transpose, torch.movedim: movedim, torch.cat: cat,
-    torch.concat: cat, torch.stack: stack, torch.split: split, torch.chunk: split, torch.unbind: split,
-    torch.mean: reduce_dims, torch.sum: reduce_dims, torch.amax: reduce_dims, torch.matmul: matmul,
-    operator.matmul: matmul, torch.bmm: matmul, F.layer_norm: layer_norm_fn, torch._assert: ignore,
-    getattr: size_of, operator.floordiv: ignore, operator.eq: ignore, len: ignore, torch.squeeze: squeeze_unsqueeze,
-    torch.unsqueeze: squeeze_unsqueeze, torch.mm: matmul,
-}
-METHOD_RULES: dict[str, OpRule] = {
-    **{m: passthrough for m in _UNARY_METHODS},
-    **{m: elementwise for m in _ELEMENTWISE_METHODS},
-    "view": view_like, "reshape": view_like, "flatten": flatten_fn, "permute": permute, "transpose": transpose,
-    "swapaxes": transpose, "movedim": movedim, "mean": reduce_dims, "sum": reduce_dims, "amax": reduce_dims,
-    "split": split, "chunk": split, "unbind": split, "expand": expand, "repeat": expand, "size": size_of,
-    "dim": ignore, "squeeze": squeeze_unsqueeze, "unsqueeze": squeeze_unsqueeze, "matmul": matmul,
-}
-
-
-# Kernel kind of every rule without multiply-accumulates (they cost bytes moved only); views move nothing.
-RULE_KINDS: dict[OpRule, str] = {
-    elementwise: "elementwise", passthrough: "elementwise", spatial_fn: "pool", reduce_dims: "reduce",
-    cat: "concat", stack: "concat", layer_norm_fn: "norm", permute: "view", transpose: "view", movedim: "view",
-    view_like: "view", flatten_fn: "view", squeeze_unsqueeze: "view", expand: "view", split: "view",
-    getitem: "view", size_of: "view", ignore: "view", unknown: "other",
-}
-FUNCTION_COSTS: dict[Any, OpCost] = {
-    torch.matmul: matmul_cost, operator.matmul: matmul_cost, torch.bmm: matmul_cost, torch.mm: matmul_cost,
-    F.linear: linear_fn_cost, F.conv1d: conv_fn_cost, F.conv2d: conv_fn_cost, F.conv3d: conv_fn_cost,
-    F.scaled_dot_product_attention: sdpa_cost, torch.einsum: einsum_cost,
-    F.interpolate: lambda node, ins, out: ("resize", 0), F.pad: lambda node, ins, out: ("elementwise", 0),
-    "matmul": matmul_cost, "contiguous": lambda node, ins, out: ("view", 0),
-}
-
-
-def get_op_cost(node: fx.Node) -> OpCost:
-    """The cost formula of a call_function / call_method node."""
-    fn = FUNCTION_COSTS.get(node.target)
-    if fn is not None:
-        return fn
-    kind = RULE_KINDS.get(get_op_rule(node), "other")
-    return lambda _node, _ins, _out: (kind, 0)
-
-
-def _register_torchvision() -> None:
-    """torchvision functions that appear as call_function nodes (fx.wrap'ed)."""
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return
-    FUNCTION_RULES[stochastic_depth] = passthrough
-    from torchvision.models import swin_transformer as swin
-    for fn in (swin.shifted_window_attention, getattr(swin, "shifted_window_attention_v2", None)):
-        if fn is not None:
-            FUNCTION_COSTS[fn] = window_attention_cost
-
-
-_register_torchvision()
-
-
-def get_op_rule(node: fx.Node) -> OpRule:
-    """The rule for a call_function / call_method node (unknown ops freeze their inputs)."""
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target, unknown)
-    return FUNCTION_RULES.get(node.target, unknown)
-
-
-__all__ = ["get_op_rule", "get_op_cost", "FUNCTION_RULES", "METHOD_RULES", "Part"]
+__all__ = ["elementwise", "passthrough", "spatial_fn", "reduce_dims", "permute", "transpose", "movedim", "flatten_fn",
+           "view_like", "squeeze_unsqueeze", "expand", "cat", "stack", "split", "getitem", "matmul", "layer_norm_fn",
+           "unknown", "ignore", "size_of", "matmul_cost", "linear_fn_cost", "conv_fn_cost", "sdpa_cost", "einsum_cost",
+           "window_attention_cost"]

@@ -10,6 +10,7 @@ from torch import nn
 
 from fxscale.analysis.context import Use
 from fxscale.analysis.graph import ChannelGraph
+from fxscale.ops.table import module_row
 from fxscale.passes.channel_map import ChannelMaps
 
 
@@ -68,32 +69,11 @@ def remap_tensor(cg: ChannelGraph, maps: ChannelMaps, t: torch.Tensor, dims: dic
     return out
 
 
-def _patch_attrs(mod: nn.Module, use: Use) -> None:
-    """Update size attributes of a rebuilt module from its new tensors."""
-    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
-        mod.in_channels = mod.weight.shape[0]
-        mod.out_channels = mod.weight.shape[1] * mod.groups
-    elif isinstance(mod, nn.modules.conv._ConvNd):
-        mod.out_channels = mod.weight.shape[0]
-        mult = use.extra.get("depthwise")
-        if mult:
-            mod.groups = mod.in_channels = mod.out_channels // mult
-        else:
-            mod.in_channels = mod.weight.shape[1] * mod.groups
-    elif isinstance(mod, nn.Linear):
-        mod.out_features, mod.in_features = mod.weight.shape
-    elif isinstance(mod, nn.GroupNorm):
-        mod.num_channels = mod.weight.shape[0]
-    elif isinstance(mod, nn.modules.batchnorm._NormBase):
-        t = mod.weight if mod.weight is not None else mod.running_mean
-        mod.num_features = t.shape[0]
-    elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
-        mod.normalized_shape = (mod.weight.shape[0],)
-    elif isinstance(mod, nn.MultiheadAttention):
-        e = mod.out_proj.weight.shape[0]
-        mod.embed_dim = mod.kdim = mod.vdim = e
-        mod.head_dim = e // mod.num_heads
-        mod.out_proj.in_features = mod.out_proj.out_features = e
+def _patch_attrs(mod: Any, use: Use) -> None:
+    """Update size attributes of a rebuilt module from its new tensors (the op row's patch)."""
+    row = module_row(mod) if isinstance(mod, nn.Module) else None
+    if row is not None and row.patch is not None:
+        row.patch(mod, use)
 
 
 def _fresh_like(mod: nn.Module) -> nn.Module:

@@ -1,0 +1,166 @@
+"""Channel rules of reshapes: view/reshape/flatten/squeeze as factorisations of channel dims, and size reads."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+from fxscale.analysis.context import Ctx
+from fxscale.analysis.labels import Incompatible, with_inner
+
+
+def _dim(d: int, nd: int) -> int:
+    return d + nd if d < 0 else d
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _blocks(si: tuple, so: tuple) -> Optional[list]:
+    """Pair runs of input dims with runs of output dims whose sizes multiply to the same number."""
+    i = j = 0
+    out = []
+    while i < len(si) or j < len(so):
+        if i < len(si) and si[i] == 1 and (j >= len(so) or so[j] != 1):
+            out.append(([i], []))
+            i += 1
+            continue
+        if j < len(so) and so[j] == 1 and (i >= len(si) or si[i] != 1):
+            out.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(si) or j >= len(so):
+            return None
+        bi, bj, pi, pj = [i], [j], si[i], so[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                if i >= len(si):
+                    return None
+                pi *= si[i]
+                bi.append(i)
+                i += 1
+            else:
+                if j >= len(so):
+                    return None
+                pj *= so[j]
+                bj.append(j)
+                j += 1
+        out.append((bi, bj))
+    return out
+
+
+def _size_args(node: fx.Node) -> tuple[Optional[list], str]:
+    """The explicit size arguments of a view/reshape node, and where they sit."""
+    if node.target in ("view", "reshape") and node.op == "call_method":
+        rest = node.args[1:]
+        if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+            return list(rest[0]), "seq1"
+        return list(rest), "varargs"
+    if node.target is torch.reshape:
+        return list(_arg(node, 1, "shape")), "seq1"
+    return None, ""
+
+
+def reshape_labels(ctx: Ctx, node: fx.Node, src: Any, _unused: Any = None) -> Any:
+    """view/reshape/flatten as dimension factorisations: merges and splits of channel dims."""
+    labels, si, so = ctx.lab(src), ctx.shape(src), ctx.shape(node)
+    sizes, where = _size_args(node)
+    if not isinstance(labels, list):
+        out = [None] * len(so) if isinstance(so, tuple) else None
+        tie_size_args(ctx, node, out or [], sizes)
+        return out
+    blocks = _blocks(tuple(si), tuple(so))
+    if blocks is None:
+        ctx.freeze_value(labels, f"node {node.name}: reshape {si} -> {so} not understood")
+        return [None] * len(so)
+    out: list = [None] * len(so)
+    for bi, bj in blocks:
+        labs = [labels[i] for i in bi if labels[i] is not None]
+        if not labs or not bj:
+            if labs:
+                ctx.freeze_value(labs, f"node {node.name}: channel dim squeezed away")
+            continue
+        if len(bi) == 1 and len(bj) == 1:
+            out[bj[0]] = labels[bi[0]]
+        elif len(bi) == 1:
+            out[bj[0]:bj[-1] + 1] = _split_dim(ctx, node, labels[bi[0]], bj, so, sizes)
+        elif len(bj) == 1 and len(labs) == 1:
+            c = next(i for i in bi if labels[i] is not None)
+            outer = math.prod(si[i] for i in bi if i < c)
+            inner = math.prod(si[i] for i in bi if i > c)
+            out[bj[0]] = with_inner(labels[c], inner) * outer
+        else:
+            ctx.freeze_value(labs, f"node {node.name}: reshape mixes several channel dims")
+            continue
+        for j in bj:
+            if out[j] is not None and sizes is not None and isinstance(sizes[j], int) and sizes[j] != -1:
+                ctx.literal(node, where, j, out[j])
+    tie_size_args(ctx, node, out, sizes)
+    return out
+
+
+def _split_dim(ctx: Ctx, node: fx.Node, lab: tuple, bj: list, so: tuple, sizes: Optional[list]) -> list:
+    """Factor one channel dim into several: one variable dim carries the channels, the others are fixed."""
+    def variable(j: int) -> bool:
+        return sizes is not None and (isinstance(sizes[j], fx.Node) or sizes[j] == -1)
+    var = [j for j in bj if variable(j)]
+    if len(var) > 1:
+        ctx.atoms.freeze(lab, f"node {node.name}: reshape splits a channel dim into several variable dims")
+        return [None] * len(bj)
+    v = var[0] if var else max(j for j in bj if so[j] > 1)
+    outer = math.prod(so[j] for j in bj if j < v)
+    inner = math.prod(so[j] for j in bj if j > v)
+    new = ctx.atoms.label(so[v], f"{node.name} factor")
+    try:
+        ctx.atoms.tie(lab, with_inner(new, inner) * outer)
+    except Incompatible as e:
+        ctx.atoms.freeze(lab, f"node {node.name}: {e}")
+        return [None] * len(bj)
+    return [new if j == v else None for j in bj]
+
+
+def flatten_fn(ctx: Ctx, node: fx.Node) -> Any:
+    """torch.flatten / x.flatten."""
+    return reshape_labels(ctx, node, node.args[0])
+
+
+def view_like(ctx: Ctx, node: fx.Node) -> Any:
+    """view/reshape/unflatten."""
+    return reshape_labels(ctx, node, node.args[0])
+
+
+def squeeze_unsqueeze(ctx: Ctx, node: fx.Node) -> Any:
+    """squeeze/unsqueeze: size-1 dims come and go."""
+    return reshape_labels(ctx, node, node.args[0])
+
+
+def size_of(ctx: Ctx, node: fx.Node) -> Any:
+    """x.shape / x.size() / x.size(d): remember which channel label an int was read from."""
+    labels = ctx.lab(node.args[0])
+    if not isinstance(labels, list):
+        return None
+    if node.target is getattr and node.args[1] != "shape":
+        return None
+    d = _arg(node, 1, "dim") if node.op == "call_method" else None
+    if d is not None:
+        return {"size": labels[_dim(d, len(labels))]}
+    return {"sizes": labels}
+
+
+def tie_size_args(ctx: Ctx, node: fx.Node, out: list, sizes: Optional[list]) -> None:
+    """A reshape size read from another tensor's channel dim ties that dim to the output dim."""
+    for j, s in enumerate(sizes or []):
+        mark = ctx.lab(s) if isinstance(s, fx.Node) else None
+        src = mark.get("size") if isinstance(mark, dict) else None
+        if src is None or j >= len(out):
+            continue
+        if out[j] is None:
+            ctx.atoms.freeze(src, f"node {node.name}: reshape size taken from a channel dim")
+        else:
+            ctx.tie(out[j], src, f"node {node.name}")

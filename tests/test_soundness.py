@@ -1,0 +1,93 @@
+"""Regression tests: unknown layouts freeze every operand they touch; in-place binary ops tie their operands."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fxscale
+
+torch.set_num_threads(1)
+
+
+class InplaceBinary(nn.Module):
+    """z.add_(c(y)); z.mul_(sigmoid(y)): both in-place ops combine two channel spaces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.h = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        z = self.b(y)
+        z.add_(self.c(y))
+        z.mul_(torch.sigmoid(y))
+        return self.h(z)
+
+
+class UnknownOperand(nn.Module):
+    """An op without a channel rule (torch.erf) feeds one side of an add, a matmul and a mul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1),
+                                          nn.Conv2d(3, 8, 1))
+        self.h, self.e = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.special.erf(self.a(x))            # no rule: a's output layout becomes unknown
+        s = self.b(x) + u                           # b must freeze: tied to an unknown operand
+        m = torch.matmul(self.c(x), u)              # c must freeze: matmul with an unknown right side
+        return self.h(s) + m.mean() + self.e(self.d(x))  # d stays scalable
+
+
+def _uniform(cg, k=2):
+    return fxscale.ScalingPlan(widths={g.name: g.width * k for g in cg.scalable})
+
+
+def test_inplace_binary_ops_tie_their_operands():
+    torch.manual_seed(0)
+    model, x = InplaceBinary().eval(), torch.randn(2, 3, 8, 8)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    producers = {p for g in cg.groups for p in g.producers if g.name == "a"}
+    assert {"a", "b", "c"} <= producers, cg.table()
+    new = fxscale.transform(gm, _uniform(cg), init="preserve")
+    with torch.no_grad():
+        ref, got = model(x), new(x)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["add_", "sub_", "mul_", "div_"])
+def test_every_inplace_binary_method_ties(method):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.h = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            z = self.a(x)
+            getattr(z, method)(torch.sigmoid(self.b(x)) + 1)
+            return self.h(z)
+
+    x = torch.randn(1, 3, 4, 4)
+    cg = fxscale.analyze(fxscale.trace(Net().eval(), x))
+    (g,) = [g for g in cg.groups if "a" in g.producers]
+    assert "b" in g.producers
+
+
+def test_unknown_operand_freezes_every_side():
+    model, x = UnknownOperand().eval(), torch.randn(1, 3, 8, 8)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    by_producer = {p: g for g in cg.groups for p in g.producers}
+    for frozen in ("a", "b", "c"):
+        g = by_producer[frozen]
+        assert not g.scalable, f"{frozen} should be frozen: {cg.table()}"
+        assert "node" in g.reason
+    assert by_producer["b"].reason and "erf" in by_producer["a"].reason
+    assert by_producer["d"].scalable
+    new = fxscale.transform(gm, _uniform(cg), init="preserve")   # every plan that validates transforms
+    with torch.no_grad():
+        assert torch.allclose(new(x), model(x), atol=1e-5)
