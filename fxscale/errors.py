@@ -1,4 +1,9 @@
-"""Errors raised by fxscale; all derive from ValueError so callers can catch either."""
+"""The one fxscale error hierarchy; every class derives from FxscaleError (and so from ValueError).
+
+The command line catches FxscaleError and prints one line on stderr with exit status 2, so every error a user can
+cause (bad settings, files, plans, targets) is raised as one of these, with a message naming the culprit.
+Older import locations re-export them: `fxscale.export.ExportError`, `fxscale.hw.devprofile.ProfileError`.
+"""
 
 
 class FxscaleError(ValueError):
@@ -10,7 +15,7 @@ class TraceError(FxscaleError):
 
 
 class PlanError(FxscaleError):
-    """A scaling plan is invalid for the graph it is applied to (names the plan key)."""
+    """A scaling plan or scaling setting is invalid for the graph it is applied to (names the plan key)."""
 
 
 class VerificationError(FxscaleError):
@@ -18,4 +23,24 @@ class VerificationError(FxscaleError):
 
 
 class TargetError(FxscaleError):
-    """A device target is unknown, missing, or failed to time a model."""
+    """A device target is unknown or missing, its timing protocol is invalid, or it failed to time a model."""
+
+
+class ProfileError(TargetError):
+    """A latency profile is unreadable, of another version, or lacks a kernel kind (names the file / kind)."""
+
+
+class ExportError(FxscaleError):
+    """An ONNX export failed, wrote the wrong opset, or does not match the torch model."""
+
+
+class LoweringError(FxscaleError):
+    """A node that must be lowered for ONNX export cannot be (names the node)."""
+
+
+class ReportError(FxscaleError):
+    """Results, costs or accuracy files for a report are missing or malformed (names the file or entry)."""
+
+
+__all__ = ["ExportError", "FxscaleError", "LoweringError", "PlanError", "ProfileError", "ReportError", "TargetError",
+           "TraceError", "VerificationError"]

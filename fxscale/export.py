@@ -17,17 +17,14 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from fxscale.errors import FxscaleError
+from fxscale.errors import ExportError, FxscaleError  # ExportError re-exported from fxscale.errors
+from fxscale.passes.lower import LoweringError, lowered_copy
 
 EXPORTERS = ("torchscript", "dynamo")
 TORCHLIB_OPSET = 18  # the dynamo exporter's op library is written for opset 18
 MIN_DOWNCONVERT_OPSET = 13
 _REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
-
-
-class ExportError(FxscaleError):
-    """An ONNX export failed, wrote the wrong opset, or does not match the torch model."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +41,19 @@ class ExportReport:
     dynamic_batch: bool
     check_seconds: float = 0.0
     output_names: tuple[str, ...] = ()
+    lowered: tuple[str, ...] = ()  # nodes rewritten by fxscale.passes.lower so that `opset` can express them
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, opset: int = 13,
                 dynamic_batch: bool = False, check: bool = True, exporter: str = "torchscript",
                 rtol: float = 1e-3, atol: float = 1e-4, input_name: str = "x",
                 output_name: str = "y") -> ExportReport:
-    """Export `model` (eval mode) to one self-contained .onnx file at exactly `opset`, optionally verified by ORT."""
+    """Export `model` (eval mode) to one self-contained .onnx file at exactly `opset`, optionally verified by ORT.
+
+    For a GraphModule, ops the exporter cannot write at `opset` (scaled_dot_product_attention below 14,
+    antialiased bilinear/bicubic resize) are first lowered on a copy (fxscale.passes.lower); the ORT check
+    still compares with the unlowered `model`, which is never modified.
+    """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if not isinstance(example_input, torch.Tensor):
@@ -62,8 +65,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: t
         names = _output_names(output_name, len(_torch_outputs(model, example_input)))
         try:
             t0 = time.perf_counter()
+            target, lowered = _lowered(model, opset, example_input, exporter)
             export = _export_torchscript if exporter == "torchscript" else _export_dynamo
-            export(model, tmp, example_input, opset, dynamic_batch, input_name, names)
+            export(target, tmp, example_input, opset, dynamic_batch, input_name, names)
             seconds = time.perf_counter() - t0
             proto = _validate_file(tmp, opset)
             t1 = time.perf_counter()
@@ -76,10 +80,28 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: t
             if isinstance(exc, FxscaleError):
                 raise
             raise ExportError(f"{exporter} ONNX export of {type(model).__name__} to {path} failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
+                              f"{type(exc).__name__}: {exc}{_lowering_hint(model, exc)}") from exc
     return ExportReport(path=path, opset=_default_opset(proto), ir_version=proto.ir_version,
                         n_nodes=len(proto.graph.node), exporter=exporter, max_abs_diff=diff, seconds=seconds,
-                        dynamic_batch=dynamic_batch, check_seconds=check_seconds, output_names=tuple(names))
+                        dynamic_batch=dynamic_batch, check_seconds=check_seconds, output_names=tuple(names),
+                        lowered=tuple(lowered))
+
+
+def _lowering_hint(model: nn.Module, exc: Exception) -> str:
+    """Advice for ops export_onnx lowers only in fx GraphModules."""
+    lowerable = ("scaled_dot_product_attention", "2d_aa")
+    if isinstance(model, torch.fx.GraphModule) or not any(op in str(exc) for op in lowerable):
+        return ""
+    return (". export_onnx lowers scaled_dot_product_attention and antialiased resizes for low opsets only in fx "
+            "GraphModules: export fxscale.trace(model, example_input) instead")
+
+
+def _lowered(model: nn.Module, opset: int, x: torch.Tensor, exporter: str) -> tuple[nn.Module, list[str]]:
+    """`model`, or a copy with the ops `exporter` cannot write at `opset` lowered (see fxscale.passes.lower)."""
+    try:
+        return lowered_copy(model, opset, x, exporter=exporter)
+    except LoweringError as e:
+        raise ExportError(f"cannot export {type(model).__name__} at opset {opset}: {e}") from e
 
 
 @contextmanager

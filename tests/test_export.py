@@ -203,3 +203,38 @@ def test_failure_keeps_existing_file_and_bad_exporter_is_named(tmp_path):
 def test_check_false_skips_verification(tmp_path):
     rep = export_onnx(ExportSkew(), tmp_path / "unchecked.onnx", torch.randn(1, 3, 8, 8), check=False)
     assert rep.max_abs_diff is None and rep.path.exists() and rep.opset == 13
+
+
+class _DownAA(nn.Module):
+    """Antialiased downscale (a bare aten::_upsample_bilinear2d_aa at every torchscript opset) then a conv."""
+
+    def __init__(self, factor_from_graph: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.factor_from_graph = nn.Conv2d(3, 4, 3), factor_from_graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = x.shape[-1] / 32 if self.factor_from_graph else 0.5
+        return self.conv(torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear", antialias=True))
+
+
+def test_lowering_is_reported_and_checked_against_the_unlowered_model(tmp_path, monkeypatch):
+    import fxscale.passes.lower as lower_mod
+
+    gm, x = torch.fx.symbolic_trace(_DownAA()), torch.randn(1, 3, 16, 16)
+    rep = export_onnx(gm, tmp_path / "aa.onnx", x)
+    assert len(rep.lowered) == 1 and "antialiased bilinear" in rep.lowered[0] and rep.max_abs_diff < 1e-5
+    assert export_onnx(small_net(), tmp_path / "plain.onnx", torch.randn(1, 3, 16, 16)).lowered == ()
+    # a wrong lowering must be caught: ORT is compared with the original module, not the lowered copy
+    monkeypatch.setattr(lower_mod, "resize_separable", lambda x, rows, cols_t: (rows @ x @ cols_t) * 1.01)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_onnx(gm, tmp_path / "bad.onnx", x)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_unlowerable_node_is_an_export_error(tmp_path):
+    gm = torch.fx.symbolic_trace(_DownAA(factor_from_graph=True))
+    with pytest.raises(ExportError, match="opset 13.*'interpolate'.*scale_factor is computed in the graph"):
+        export_onnx(gm, tmp_path / "m.onnx", torch.randn(1, 3, 16, 16))
+    with pytest.raises(ExportError, match="fxscale.trace"):  # plain modules are not lowered: say how to get there
+        export_onnx(_DownAA(), tmp_path / "m.onnx", torch.randn(1, 3, 16, 16))
