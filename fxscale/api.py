@@ -15,7 +15,7 @@ from fxscale.passes.resolution import RESOLUTION_MODES, resolution_pass
 from fxscale.passes.verify import verify, verify_train
 from fxscale.passes.width import width_pass
 from fxscale.plan import ScalingPlan
-from fxscale.tracing import META
+from fxscale.tracing import META, guard_eval_only
 
 
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -29,6 +29,7 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     if tgm is not None:
         from fxscale.tracing import share_modules
         share_modules(new, tgm)
+    guard_eval_only(new)  # an eval-only trace stays eval-only (forward hooks do not survive deepcopy)
     return new
 
 

@@ -1,6 +1,11 @@
 """Trace a model into a torch.fx GraphModule with shape metadata under node.meta["fxscale"]."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import warnings
+from fractions import Fraction
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
@@ -49,7 +54,9 @@ def propagate_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:
             out = ShapeProp(gm).propagate(*inputs)
     except Exception as e:  # noqa: BLE001
         node = _failing_node(gm, inputs)
-        raise TraceError(f"shape propagation failed at node {node}: {type(e).__name__}: {e}") from e
+        cause = e.__cause__ or e  # ShapeProp wraps the op's own error in a RuntimeError naming the node
+        msg = " ".join(str(cause).split("While executing")[0].split())
+        raise TraceError(f"shape propagation failed at node {node}: {type(cause).__name__}: {msg}") from e
     for node in gm.graph.nodes:
         node.meta.setdefault(META, {})["shape"] = _shapes(node.meta.get("tensor_meta"))
     return out
@@ -98,7 +105,7 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         out = propagate_shapes(gm, *inputs)
     finally:
         model.train(was_training)
-    train_gm = _train_only_graph(model, gm, inputs, leaf_modules) if mode != "train" else None
+    train_gm, eval_only = (None, None) if mode == "train" else _train_only_graph(model, gm, inputs, leaf_modules)
     gm.meta[META] = {
         "train_gm": train_gm,
         "input_shapes": [tuple(t.shape) for t in inputs],
@@ -107,6 +114,15 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         "leaf_modules": tuple(leaf_modules),
         "resolution": tuple(inputs[0].shape[2:]) if inputs[0].dim() >= 3 else None,
     }
+    gm.meta[META]["dense_outputs"] = find_dense_outputs(gm, inputs, gm.meta[META]["output_shapes"])
+    if eval_only is not None:
+        size = "x".join(str(s) for s in inputs[0].shape[2:]) or str(tuple(inputs[0].shape))
+        warnings.warn(f"fxscale.trace: {type(model).__name__} is traced eval-only at input {size}: {eval_only}. "
+                      "Training it (fxscale.train_graph_module, gm.train()) will be refused; trace at a size "
+                      "where the train-mode graph runs to train it.", UserWarning, stacklevel=2)
+        gm.meta[META]["eval_only"] = True
+        gm.meta[META]["eval_only_reason"] = eval_only
+        guard_eval_only(gm)
     return gm
 
 
@@ -122,27 +138,63 @@ def share_modules(gm: fx.GraphModule, train_gm: fx.GraphModule) -> None:
 
 
 def _train_only_graph(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
-                      leaf_modules: Sequence[type]) -> Optional[fx.GraphModule]:
-    """The train-mode trace when it calls modules the eval trace does not (GoogLeNet/Inception aux heads)."""
-    import copy
+                      leaf_modules: Sequence[type]) -> tuple[fx.GraphModule | None, str | None]:
+    """(train-mode trace, None) when it calls modules the eval trace does not (GoogLeNet/Inception aux heads),
+    (None, None) when the eval graph is also the train graph, and (None, reason) when the train-mode graph
+    cannot be traced or does not run at the example size (the result is then eval-only)."""
     twin = copy.deepcopy(model).train()
     try:
         tgm = _trace_graph(twin, leaf_modules)
-    except TraceError:
-        return None
+    except TraceError as e:
+        return None, f"the train-mode graph cannot be traced ({e})"
     if not (_module_targets(tgm) - _module_targets(gm)):
-        return None
+        return None, None
     state = copy.deepcopy(tgm.state_dict())
     tgm.train()
-    propagate_shapes(tgm, *inputs)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failing node
+            propagate_shapes(tgm, *inputs)
+    except TraceError as e:
+        return None, f"the train-mode graph does not run at this size ({e})"
     tgm.load_state_dict(state)
     share_modules(gm, tgm)
-    return tgm
+    return tgm, None
+
+
+def eval_only_error(gm: fx.GraphModule) -> TraceError:
+    """The error for train-mode use of a GraphModule that fxscale.trace marked eval-only."""
+    info = gm.meta.get(META, {})
+    shape = info.get("input_shapes", ["?"])[0]
+    return TraceError(f"{type(gm).__name__} was traced eval-only (input {tuple(shape)}): "
+                      f"{info.get('eval_only_reason', 'the train-mode graph is unavailable')}. It cannot be used "
+                      "in train mode; call .eval(), or trace it at a size where the train-mode graph runs.")
+
+
+def _refuse_train_mode(module: nn.Module, args: Any) -> None:
+    if module.training:
+        raise eval_only_error(module)  # type: ignore[arg-type]
+
+
+def guard_eval_only(gm: fx.GraphModule) -> None:
+    """Make a train-mode forward of an eval-only GraphModule raise (idempotent; deep copies keep the guard)."""
+    if not gm.meta.get(META, {}).get("eval_only"):
+        return
+    if not any(h is _refuse_train_mode for h in gm._forward_pre_hooks.values()):
+        gm.register_forward_pre_hook(_refuse_train_mode)
+    hooks = getattr(gm, "_deepcopy_hooks", None)
+    if isinstance(hooks, list) and guard_eval_only not in hooks:
+        hooks.append(guard_eval_only)
 
 
 def train_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """The GraphModule to train with: the train-mode graph (aux heads) if the model has one, else gm."""
-    tgm = gm.meta.get(META, {}).get("train_gm")
+    """The GraphModule to train with: the train-mode graph (aux heads) if the model has one, else gm.
+
+    Raises TraceError for a GraphModule traced eval-only (its train-mode graph did not run at the traced size).
+    """
+    info = gm.meta.get(META, {})
+    if info.get("eval_only"):
+        raise eval_only_error(gm)
+    tgm = info.get("train_gm")
     return tgm.train() if tgm is not None else gm.train()
 
 
@@ -155,6 +207,92 @@ def _shapes_of(out: Any) -> Any:
     if isinstance(out, (list, tuple)):
         return tuple(_shapes_of(v) for v in out)
     return None
+
+
+def output_leaves(obj: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, leaf) for every leaf of a nested output (dict keys and sequence indices); a leaf is anything
+    that is not a dict, list or tuple -- a tensor or its shape tuple of ints."""
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in output_leaves(v, path + (k,))]
+    if isinstance(obj, (list, tuple)) and not all(isinstance(v, int) for v in obj):
+        return [leaf for i, v in enumerate(obj) for leaf in output_leaves(v, path + (i,))]
+    return [(path, obj)]
+
+
+def leaf_at(obj: Any, path: tuple) -> Any:
+    """The leaf of a nested output at `path` (see output_leaves)."""
+    for k in path:
+        obj = obj[k]
+    return obj
+
+
+def _probe_output_shapes(gm: fx.GraphModule, inputs: tuple, hw: tuple[int, int]) -> Any:
+    """Output shapes with the first input at spatial size hw, shape-only (fake tensors: no compute, no memory)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    was = gm.training
+    gm.eval()
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad(), \
+                contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            first = torch.empty(tuple(inputs[0].shape[:-2]) + tuple(hw), dtype=inputs[0].dtype)
+            return _shapes_of(gm(first, *(mode.from_tensor(t) for t in inputs[1:])))
+    finally:
+        gm.train(was)
+
+
+def find_dense_outputs(gm: fx.GraphModule, inputs: tuple, out_shapes: Any) -> dict[tuple, dict[str, Any]]:
+    """The dense outputs of `gm`: output leaves whose trailing two dims follow the input's spatial size.
+
+    The graph is run shape-only (fake tensors) at probe sizes p and 2p, with p the traced size rounded up to a
+    multiple of 64 (stride-2^k rounding cancels there; if the model does not run there, p is the traced size).
+    A leaf of rank >= 3 is dense when both trailing dims change between p and 2p while the leading ones do not;
+    each is recorded as an affine map ``out = a * in + b`` of the input's H (resp. W). When no probe runs, a
+    leaf is dense when its trailing dims equal the input's (a=1, b=0). Returns {path: {"affine": ((a_h, b_h),
+    (a_w, b_w)), "shape": traced shape, "input": traced (H, W), "dtype": dtype, "rule": "probe" | "input
+    size"}} with paths as in output_leaves.
+    """
+    x = inputs[0]
+    if x.dim() != 4:  # resolution changes resize the two trailing dims of an N x C x H x W first input
+        return {}
+    hw = tuple(int(s) for s in x.shape[-2:])
+    dtypes = dict(output_leaves(_dtypes_of(gm)))
+    leaves = [(path, s0) for path, s0 in output_leaves(out_shapes) if isinstance(s0, tuple) and len(s0) >= 3]
+    up = tuple(64 * max(1, -(-s // 64)) for s in hw)
+    for p1 in (up, hw):
+        p2 = tuple(2 * s for s in p1)
+        try:
+            s1, s2 = (dict(output_leaves(_probe_output_shapes(gm, inputs, p))) for p in (p1, p2))
+        except Exception:  # noqa: BLE001, S112 - the model does not run (shape-only) at this probe size
+            continue
+        dense = {}
+        for path, s0 in leaves:
+            a, b = s1.get(path), s2.get(path)
+            if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == len(s0)
+                    and a[:-2] == b[:-2] == s0[:-2] and a[-2] != b[-2] and a[-1] != b[-1]):
+                continue
+            slopes = [Fraction(b[d] - a[d], p2[i] - p1[i]) for i, d in enumerate((-2, -1))]
+            affine = tuple((k, a[d] - k * p1[i]) for i, (k, d) in enumerate(zip(slopes, (-2, -1))))
+            dense[path] = {"affine": affine, "shape": s0, "input": hw, "dtype": dtypes.get(path), "rule": "probe"}
+        return dense
+    return {path: {"affine": ((Fraction(1), Fraction(0)),) * 2, "shape": s0, "input": hw,
+                   "dtype": dtypes.get(path), "rule": "input size"}
+            for path, s0 in leaves if tuple(s0[-2:]) == hw}
+
+
+def _dtypes_of(gm: fx.GraphModule) -> Any:
+    """Output dtypes nested like the output, from the shape propagation of the output node."""
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+
+    def conv(tm: Any) -> Any:
+        if hasattr(tm, "dtype") and hasattr(tm, "shape"):
+            return tm.dtype
+        if isinstance(tm, dict):
+            return {k: conv(v) for k, v in tm.items()}
+        if isinstance(tm, (list, tuple)):
+            return tuple(conv(v) for v in tm)
+        return None
+    return conv(out.meta.get("tensor_meta"))
 
 
 def example_inputs(gm: fx.GraphModule, resolution: Optional[tuple] = None, seed: int = 0) -> tuple:

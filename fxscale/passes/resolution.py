@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from fxscale.errors import PlanError, TraceError
-from fxscale.tracing import META, propagate_shapes
+from fxscale.tracing import META, leaf_at, propagate_shapes
 
 from fxscale.passes.spatial_constants import (  # noqa: F401 - re-exported
     _shapes_from_solver, _solve, _Unsupported, _with_nearby, apply_spatial_constants, resample_position_embedding,
@@ -77,6 +77,114 @@ def drop_noop_pools(gm: fx.GraphModule, pools: list[fx.Node]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Dense outputs (segmentation maps, feature maps): their trailing H, W follow the input size
+# ----------------------------------------------------------------------------------------------------------
+
+DENSE_RESIZE = "dense output"
+
+
+def resize_dense(x: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Resize the trailing two dims of `x` to `size`: bilinear for float maps, nearest for label maps."""
+    lead, hw = tuple(x.shape[:-2]), tuple(x.shape[-2:])
+    y = x.reshape((-1, 1) + hw)
+    if x.is_floating_point():
+        y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+    else:  # integer / bool label maps: exact nearest neighbour, computed in float64
+        y = F.interpolate(y.double(), size=tuple(size), mode="nearest").to(x.dtype)
+    return y.reshape(lead + tuple(size))
+
+
+def replace_leaf(value: Any, path: tuple, leaf: Any) -> Any:
+    """`value` (nested dict / list / tuple / namedtuple) with the leaf at `path` replaced, types kept."""
+    if not path:
+        return leaf
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        new = dict(value)
+        new[head] = replace_leaf(value[head], rest, leaf)
+    else:
+        new = list(value)
+        new[head] = replace_leaf(value[head], rest, leaf)
+        if hasattr(value, "_fields"):
+            return type(value)(*new)
+    try:
+        return type(value)(new)  # OrderedDict, tuple, fx's immutable_dict / immutable_list
+    except TypeError:
+        return new
+
+
+def resize_dense_leaf(value: Any, path: tuple, size: tuple[int, int], antialias: bool = False) -> Any:
+    """Resize the dense leaf at `path` of a nested forward result (used when fx sees the result as one node)."""
+    return replace_leaf(value, path, resize_dense(leaf_at(value, path), size, antialias))
+
+
+def _shape_meta(node: fx.Node, shape: tuple) -> None:
+    tm = getattr(node.args[0], "meta", {}).get("tensor_meta") if node.args else None
+    node.meta[META] = {"inserted": DENSE_RESIZE, "paths": ((),), "shape": tuple(shape)}
+    if hasattr(tm, "_replace"):
+        stride, acc = [], 1
+        for s in reversed(shape):
+            stride.insert(0, acc)
+            acc *= s
+        node.meta["tensor_meta"] = tm._replace(shape=torch.Size(shape), stride=tuple(stride))
+
+
+def _resize_node(gm: fx.GraphModule, value: Any, path: tuple, target: tuple, spec: dict, before: fx.Node,
+                 body: Any) -> Any:
+    """Rebuild the output argument `value` so that its leaf at `path` is resized to `target`'s trailing dims."""
+    done = value.meta.get(META, {}) if isinstance(value, fx.Node) else {}
+    if done.get("inserted") == DENSE_RESIZE and path in done.get("paths", ()):
+        return value  # resized back already (an earlier resolution change)
+    if isinstance(value, (dict, list, tuple)) and path:
+        return replace_leaf(value, path[:1], _resize_node(gm, value[path[0]], path[1:], target, spec, before,
+                                                           body[path[0]] if body is not None else None))
+    if not isinstance(value, fx.Node):
+        raise PlanError(f"dense output {list(path)} is not produced by a graph node; cannot resize it back")
+    cur = leaf_at(body, path) if body is not None else None
+    size = tuple(target[-2:])
+    if isinstance(cur, tuple) and tuple(cur[-2:]) == size:
+        return value
+    down = isinstance(cur, tuple) and (cur[-2] > size[0] or cur[-1] > size[1])
+    float_map = spec.get("dtype") is None or spec["dtype"].is_floating_point
+    with gm.graph.inserting_before(before):
+        if path:
+            r = gm.graph.call_function(resize_dense_leaf, (value, path, size, down))
+        elif len(target) == 4 and float_map:
+            r = gm.graph.call_function(F.interpolate, (value,), {"size": size, "mode": "bilinear",
+                                                                "align_corners": False, "antialias": down})
+        else:
+            r = gm.graph.call_function(resize_dense, (value, size, down))
+    if path:
+        r.meta[META] = {"inserted": DENSE_RESIZE, "paths": tuple(done.get("paths", ())) + (path,),
+                        "shape": replace_leaf(body, path, tuple(target)) if body is not None else None}
+    else:
+        _shape_meta(r, tuple(target))
+    return r
+
+
+def resize_dense_outputs(gm: fx.GraphModule, original: Any, dense: dict[tuple, dict]) -> list[list]:
+    """Resize every dense output leaf back to its shape in `original` (resize mode keeps the model drop-in)."""
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    value, body = out.args[0], out.meta.get(META, {}).get("shape")
+    for path, spec in dense.items():
+        value = _resize_node(gm, value, path, tuple(leaf_at(original, path)), spec, out, body)
+    out.args = (value,)
+    out.meta.setdefault(META, {})["shape"] = original
+    out.meta["tensor_meta"] = fx.node.map_arg(value, lambda n: n.meta.get("tensor_meta"))
+    return [list(p) for p in dense]
+
+
+def follow_dense_outputs(gm: fx.GraphModule, original: Any, dense: dict[tuple, dict]) -> Any:
+    """`original` output shapes with each dense leaf replaced by its propagated shape at the new input size."""
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    body = out.meta.get(META, {}).get("shape")
+    shapes = original
+    for path in dense:
+        shapes = replace_leaf(shapes, path, tuple(leaf_at(body, path)))
+    return shapes
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Position embeddings
 # ----------------------------------------------------------------------------------------------------------
 
@@ -93,7 +201,8 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
     if size == original and tuple(info.get("resolution") or original) == original:
         info["resolution"] = size
         info["resolution_mode"] = mode
-        return {"mode": mode, "size": size, "pooled_flattens": [], "constants": [], "position_embeddings": []}
+        return {"mode": mode, "size": size, "pooled_flattens": [], "constants": [], "position_embeddings": [],
+                "dense_outputs": []}
     pools = pool_before_flattens(gm)
     if mode == "resize":
         insert_resize(gm, size, original)
@@ -120,15 +229,21 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
         gm.recompile()
         _shapes_from_solver(gm, solution["solver"])
     fixed = drop_noop_pools(gm, pools)
+    dense = info.get("dense_outputs") or {}
+    if mode == "resize" and dense:
+        resize_dense_outputs(gm, info["output_shapes"], dense)
     gm.graph.lint()
     gm.recompile()
     if mode == "input":
         info["input_shapes"][0] = tuple(info["input_shapes"][0][:2]) + size
+        if dense:
+            info["output_shapes"] = follow_dense_outputs(gm, info["output_shapes"], dense)
     info["resolution"] = size
     info["resolution_mode"] = mode
-    return {"mode": mode, "size": size, "pooled_flattens": fixed, **fixes}
+    return {"mode": mode, "size": size, "pooled_flattens": fixed, **fixes,
+            "dense_outputs": [list(p) for p in dense]}
 
 
 __all__ = ["resolution_pass", "RESOLUTION_MODES", "insert_resize", "pool_before_flattens", "drop_noop_pools",
-           "solve_spatial_constants", "apply_spatial_constants", "resample_position_embedding",
+           "resize_dense", "resize_dense_outputs", "follow_dense_outputs", "solve_spatial_constants", "apply_spatial_constants", "resample_position_embedding",
            "resample_spatial_map"]
