@@ -1,9 +1,12 @@
 """`fxscale scale` end to end on tiny settings: outputs, resume, bad input, the CIFAR-10 recipe on a stand-in."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from torch import nn
 import fxscale
 from fxscale.cli import main
 from fxscale.errors import FxscaleError
-from fxscale.scaling.pipeline import Pipeline, ScaleConfig
+from fxscale.scaling.pipeline import STAGES, UNKEYED, Pipeline, ScaleConfig, downstream, stage_keys
 
 torch.set_num_threads(1)
 TINY = dict(samples=3, sample_epochs=1, search_epochs=1, epochs=2, runs=6, warmup=2, rounds=2, stride=4,
@@ -63,9 +66,95 @@ def test_rerun_resumes_every_stage(run_dir):
     logs: list[str] = []
     again = Pipeline(ScaleConfig(methods=("uniform", "resolution"), **TINY), out, log=logs.append).run()
     resumed = {line.split("]")[0].strip("[") for line in logs if "resumed" in line}
-    assert {"latency_model", "alpha", "search", "methods", "train", "measure"} <= resumed
+    assert resumed == {"latency_model", "alpha", "search", "methods", "train", "measure"}
     assert not any("training" in line for line in logs)  # importance samples came from the cache
     assert again["search"]["plan"] == summary["search"]["plan"]
+
+
+STAGE_FILES = ("latency_model", "alpha", "search", "methods", "train", "measure")
+
+
+def _resumed(logs: list[str]) -> set[str]:
+    return {line.split("]")[0].strip("[") for line in logs if "resumed from" in line}
+
+
+def test_rerun_with_another_target_recomputes_what_depends_on_it(run_dir, tmp_path):
+    """The stale-resume bug: search and methods were reused after --target changed."""
+    src, _summary, _ = run_dir
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    before = {s: json.loads((out / "stages" / f"{s}.json").read_text())["key"] for s in STAGE_FILES}
+    cfg = ScaleConfig(methods=("uniform", "resolution"), **{**TINY, "target": "torch"})
+    logs: list[str] = []
+    Pipeline(cfg, out, log=logs.append).run()
+    assert _resumed(logs) == {"alpha"}  # alpha training does not depend on the latency target
+    assert not any(line.startswith("[importance] training") for line in logs)  # samples still cached
+    after = {s: json.loads((out / "stages" / f"{s}.json").read_text())["key"] for s in STAGE_FILES}
+    assert {s for s in STAGE_FILES if after[s] != before[s]} == set(STAGE_FILES) - {"alpha"}
+    logs.clear()
+    Pipeline(dataclasses.replace(cfg), out, log=logs.append).run()  # identical rerun: every stage reused
+    assert _resumed(logs) == set(STAGE_FILES)
+
+
+def _changed(value: Any) -> Any:
+    """Another value of the same kind (the key must see the difference)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_other"
+    if isinstance(value, tuple):
+        return value[:-1] if len(value) > 1 else value + value
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    assert value is None
+    return "other.json"
+
+
+DECLARED = [(stage, f) for stage, (fields_, _up) in STAGES.items() for f in fields_]
+
+
+@pytest.mark.parametrize(("stage", "field_name"), DECLARED, ids=[f"{s}.{f}" for s, f in DECLARED])
+def test_changing_a_declared_field_changes_the_stage_and_every_downstream_key(stage, field_name):
+    cfg = ScaleConfig()
+    other = dataclasses.replace(cfg, **{field_name: _changed(getattr(cfg, field_name))})
+    a, b = stage_keys(cfg), stage_keys(other)
+    changed = {s for s in STAGES if a[s] != b[s]}
+    readers = {s for s, (fields_, _up) in STAGES.items() if field_name in fields_}
+    expected = readers.union(*(downstream(s) for s in readers))
+    assert stage in changed and downstream(stage) <= changed
+    assert changed == expected  # and nothing that neither reads the field nor consumes a stage that does
+
+
+def test_every_setting_is_declared_by_a_stage_or_unkeyed():
+    declared = {f for fields_, _up in STAGES.values() for f in fields_}
+    settings = {f.name for f in dataclasses.fields(ScaleConfig)}
+    assert declared | set(UNKEYED) == settings and not declared & set(UNKEYED)
+    assert all(set(up) <= set(list(STAGES)[:i]) for i, (_f, up) in enumerate(STAGES.values()))
+
+
+def test_stage_chain_follows_the_data_flow():
+    """The issue's cases: search sees target, threads, lr, batch size and seeds; methods sees target and threads."""
+    cfg = ScaleConfig()
+    for f in ("target", "threads", "lr", "batch_size", "seeds"):
+        assert stage_keys(cfg)["search"] != stage_keys(dataclasses.replace(cfg, **{f: _changed(getattr(cfg, f))}))[
+            "search"], f
+    for f in ("target", "threads"):
+        assert stage_keys(cfg)["methods"] != stage_keys(dataclasses.replace(cfg, **{f: _changed(getattr(cfg, f))}))[
+            "methods"], f
+    unchanged = stage_keys(dataclasses.replace(cfg, target="torch", threads=2, workers=4, progress=False))
+    assert unchanged["alpha"] == stage_keys(cfg)["alpha"]
+
+
+def test_rewritten_profile_file_changes_the_latency_model_key(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text("{}")
+    cfg = ScaleConfig(profile=str(path))
+    first = stage_keys(cfg)
+    path.write_text('{"changed": 1}')
+    assert stage_keys(cfg)["latency_model"] != first["latency_model"]
+    assert stage_keys(cfg)["search"] != first["search"]
 
 
 def test_model_without_scalable_groups_is_rejected(tmp_path):

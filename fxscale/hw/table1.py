@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fxscale.errors import ReportError
+
 RESULT_SCHEMA = "fxscale.jetson.result/1"
 COLUMNS = (("method", "Method"), ("params_m", "Params (M)"), ("flops_m", "FLOPs (M)"),
            ("latency_ms", "Latency (ms)"), ("power_w", "Power (W)"),
@@ -37,7 +39,7 @@ def load_results(results_dir: str | Path) -> dict[str, dict[str, Any]]:
     for path in sorted(Path(results_dir).glob("*.json")):
         if path.name.endswith((".times.json", ".profile.json")):
             continue
-        data = json.loads(path.read_text())
+        data = _load_json(path, "runner result")
         if not isinstance(data, dict) or data.get("schema") != RESULT_SCHEMA:
             continue
         if data.get("status") != "ok":
@@ -46,7 +48,7 @@ def load_results(results_dir: str | Path) -> dict[str, dict[str, Any]]:
             continue
         results[data["model"]] = data
     if not results:
-        raise ValueError(f"no successful runner results ({RESULT_SCHEMA} JSON files) in {results_dir}")
+        raise ReportError(f"no successful runner results ({RESULT_SCHEMA} JSON files) in {results_dir}")
     return results
 
 
@@ -68,7 +70,11 @@ def _power_w(result: Mapping[str, Any]) -> float | None:
 def _row(name: str, result: Mapping[str, Any], cost: Mapping[str, Any], top1: float | None,
          latency: str) -> dict[str, Any]:
     """One table row with raw numbers (None where unknown)."""
-    lat = float(result["latency_ms"][LATENCY_FIELDS[latency]]["mean"])
+    try:
+        lat = float(result["latency_ms"][LATENCY_FIELDS[latency]]["mean"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"runner result of {name!r} has no {LATENCY_FIELDS[latency]} mean latency "
+                          f"({type(exc).__name__}: {exc})") from exc
     flops, power = flops_of(cost), _power_w(result)
     params = cost.get("params")
     return {"method": name, "params_m": None if params is None else float(params) / 1e6,
@@ -96,9 +102,9 @@ def build_rows(results: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Map
                latency: str = "gpu") -> list[dict[str, Any]]:
     """Table I rows (baseline first, then by name) with ratios against `baseline` when given."""
     if latency not in LATENCY_FIELDS:
-        raise ValueError(f"latency must be one of {sorted(LATENCY_FIELDS)}, got {latency!r}")
+        raise ReportError(f"latency must be one of {sorted(LATENCY_FIELDS)}, got {latency!r}")
     if baseline is not None and baseline not in results:
-        raise ValueError(f"baseline {baseline!r} is not among the results: {', '.join(sorted(results))}")
+        raise ReportError(f"baseline {baseline!r} is not among the results: {', '.join(sorted(results))}")
     accuracy = accuracy or {}
     order = sorted(results, key=lambda n: (n != baseline, n))
     rows = [_row(n, results[n], costs.get(n, {}), accuracy.get(n), latency) for n in order]
@@ -158,13 +164,23 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, stem: st
 
 
 def _read_json(path: str | None, what: str) -> dict[str, Any]:
-    """A JSON object from a file (empty for None); ValueError naming the file otherwise."""
+    """A JSON object from a file (empty for None); ReportError naming the file otherwise."""
     if path is None:
         return {}
-    data = json.loads(Path(path).read_text())
+    data = _load_json(Path(path), what)
     if not isinstance(data, dict):
-        raise ValueError(f"{what} file {path} must hold a JSON object keyed by model name")
+        raise ReportError(f"{what} file {path} must hold a JSON object keyed by model name")
     return data
+
+
+def _load_json(path: Path, what: str) -> Any:
+    """Parsed JSON of a file; ReportError naming the file when it is unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ReportError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ReportError(f"{what} file {path} is not valid JSON: {exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows = build_rows(load_results(args.results), _read_json(args.costs, "costs"),
                           _read_json(args.accuracy, "accuracy"), args.baseline, args.latency)
-    except (OSError, ValueError) as exc:
-        print(f"table1: {exc}", file=sys.stderr)
+    except ReportError as exc:
+        print(f"table1: error: {exc}", file=sys.stderr)
         return 2
     md, csv_path = write_table(rows, args.out)
     print(md.read_text(), end="")

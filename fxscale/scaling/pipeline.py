@@ -2,6 +2,8 @@
 
 Every stage writes out/stages/<stage>.json (atomically) keyed by a hash of the settings it depends on, so a
 rerun with the same settings resumes where it stopped; final artefacts are written only after all stages.
+The keys come from STAGES: each stage names the ScaleConfig fields it reads and the stages whose results it
+consumes, and its key hashes those fields with the upstream keys, so a changed setting reruns every stage below it.
 """
 from __future__ import annotations
 
@@ -28,6 +30,50 @@ from fxscale.scaling.importance import Importance, importance
 from fxscale.scaling.powerlaw import ImportancePredictor, fit_predictor, sample_configs
 
 METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale")
+
+# stage -> (ScaleConfig fields it reads itself, stages whose results it consumes); upstream stages come first.
+# "timing", "training" and "budget" are shared settings / derived values with keys but no stage file.
+STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "input": (("model", "data", "data_kw"), ()),  # the traced model and dataset every stage works on
+    "timing": (("target", "threads", "runs", "warmup", "rounds"), ()),  # Pipeline.measure
+    "training": (("batch_size", "lr", "seeds", "device"), ()),  # Pipeline.train_cfg (seeds[0] for searches)
+    "latency_model": (("profile",), ("input", "timing")),
+    "budget": (("latency_budget", "memory_budget"), ("input", "latency_model")),
+    "alpha": (("alphas", "alpha", "flops_scale", "align", "search_epochs"), ("input", "training")),
+    "importance_sample": (("sample_epochs",), ("input", "training")),  # one sampled width configuration
+    "importance": (("samples",), ("importance_sample", "alpha")),  # sampled at the alpha's resolution
+    "search": (("rule", "stride", "align"), ("latency_model", "budget", "alpha", "importance", "timing")),
+    "methods": (("methods", "align", "flops_scale"), ("latency_model", "budget", "importance")),
+    "train": (("epochs",), ("training", "search", "methods")),
+    "measure": ((), ("timing", "search", "methods")),
+}
+UNKEYED = ("workers", "executor", "progress")  # how the work runs, not what it computes
+
+
+def stage_keys(cfg: ScaleConfig) -> dict[str, str]:
+    """The key of every STAGES entry: a hash of its own fields' values and its upstream stages' keys."""
+    values = asdict(cfg)
+    if cfg.profile:  # a rewritten profile file changes the latency model under the same path
+        try:
+            digest: Optional[str] = hashlib.sha256(Path(cfg.profile).read_bytes()).hexdigest()
+        except OSError:  # missing or unreadable: LatencyPredictor raises a ProfileError naming the file
+            digest = None
+        values["profile"] = {"path": str(cfg.profile), "sha256": digest}
+    keys: dict[str, str] = {}
+    for name, (fields_, upstream) in STAGES.items():
+        blob = json.dumps({"stage": name, "fields": {f: values[f] for f in fields_},
+                           "upstream": {u: keys[u] for u in upstream}}, sort_keys=True, default=str)
+        keys[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return keys
+
+
+def downstream(stage: str) -> set[str]:
+    """Every stage that consumes `stage`'s result, directly or through other stages."""
+    out: set[str] = set()
+    for name, (_fields, upstream) in STAGES.items():  # upstream stages come first, so one pass suffices
+        if stage in upstream or out & set(upstream):
+            out.add(name)
+    return out
 
 
 @dataclass
@@ -74,10 +120,13 @@ class ScaleConfig:
                   (self.stride >= 1 and self.align >= 1, "stride and align must be >= 1"),
                   (self.samples >= 2, f"samples must be >= 2 to fit a power law, got {self.samples}"),
                   (min(self.epochs, self.search_epochs, self.sample_epochs) >= 1, "epochs must be >= 1"),
-                  (bool(self.seeds), "seeds must not be empty")]
+                  (bool(self.seeds), "seeds must not be empty"),
+                  (self.rounds >= 1 and self.threads >= 1, "rounds and threads must be >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise PlanError(msg)
+        from fxscale.hw.base import MeasureProtocol
+        MeasureProtocol(warmup=self.warmup, runs=self.runs)  # TargetError naming a bad runs / warmup
         bad = [m for m in self.methods if m not in METHOD_NAMES]
         if bad:
             raise PlanError(f"unknown methods {bad}; choose from {METHOD_NAMES}")
@@ -124,13 +173,14 @@ class Pipeline:
             raise FxscaleError(f"model {cfg.model!r} has no scalable channel group; nothing to scale "
                                f"(run `fxscale analyze {cfg.model}` to see why each group is fixed)")
         self.stages = self.out / "stages"
+        self.keys = stage_keys(cfg)
 
     # ---- stage bookkeeping ---------------------------------------------------------------------------
-    def _key(self, *fields_: str, extra: Any = None) -> str:
-        d = asdict(self.cfg)
-        blob = json.dumps({k: d[k] for k in fields_} | {"extra": extra, "model": self.cfg.model,
-                                                       "data": self.cfg.data, "data_kw": self.cfg.data_kw},
-                          sort_keys=True, default=str)
+    def _key(self, stage: str, extra: Any = None) -> str:
+        """The stage's STAGES key, combined with `extra`: the upstream results it consumes, when at hand."""
+        if extra is None:
+            return self.keys[stage]
+        blob = json.dumps({"key": self.keys[stage], "extra": extra}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _stage(self, name: str, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -208,7 +258,7 @@ class Pipeline:
             stats = self.measure(variants)
             costs = [fxscale.cost(self.cg, p, mode="input") for p in variants]
             return {"points": [(c.macs, c.bytes, s.median) for c, s in zip(costs, stats)]}
-        pts = self._stage("latency_model", self._key("target", "threads", "runs", "rounds"), calibrate)["points"]
+        pts = self._stage("latency_model", self._key("latency_model"), calibrate)["points"]
         from fxscale.scaling.measure import fit_analytic
         model = fit_analytic([(m, b) for m, b, _ in pts], [ms for _m, _b, ms in pts])
         self.log(f"[latency_model] analytic: {model.c0 * 1e3:.1f} us + {model.c_mac * 1e9:.3f} ns/MAC + "
@@ -229,8 +279,7 @@ class Pipeline:
                      for a, p, o in zip(alphas, plans, outs)]
             best = max(cands, key=lambda c: c["val_acc"])
             return {"alpha": best["alpha"], "candidates": cands}
-        return self._stage("alpha", self._key("alphas", "alpha", "flops_scale", "search_epochs", "seeds", "lr",
-                                              "batch_size"), run)
+        return self._stage("alpha", self._key("alpha"), run)
 
     def compound_plan(self, alpha: float) -> ScalingPlan:
         """Equation 3 of the paper: d = 1, r = sqrt(s)^alpha, w = sqrt(s)^(1 - alpha)."""
@@ -249,8 +298,7 @@ class Pipeline:
         todo = []
         for widths in configs:
             plan = ScalingPlan(widths=widths, resolution=resolution)
-            key = hashlib.sha256((plan.to_json() + self._key("sample_epochs", "lr", "batch_size", "seeds"))
-                                 .encode()).hexdigest()[:16]
+            key = self._key("importance_sample", extra=plan.to_json())
             path = cache / f"{key}.json"
             if path.exists():
                 samples.append(Importance.from_dict(json.loads(path.read_text())))
@@ -294,21 +342,17 @@ class Pipeline:
         res = tuple(alpha["candidates"][[c["alpha"] for c in alpha["candidates"]].index(alpha["alpha"])]
                     ["plan"]["resolution"] or self.resolution_of(ScalingPlan()))
         pred = self.importance_fit(res)
-        search = self._stage("search", self._key("latency_budget", "memory_budget", "rule", "stride", "align",
-                                                 "flops_scale", "alphas", "alpha", "samples", "sample_epochs",
-                                                 "runs", "rounds", "profile", extra=list(res)),
+        search = self._stage("search", self._key("search", extra=list(res)),
                              lambda: self._search(lat_model, pred, budget, res, ratio))
-        plans = self._stage("methods", self._key("latency_budget", "memory_budget", "methods", "align",
-                                                 "flops_scale", "profile", "runs", "rounds"),
-                            lambda: self._method_plans(lat_model, budget, pred))
+        plans = self._stage("methods", self._key("methods"), lambda: self._method_plans(lat_model, budget, pred))
         plans["hacscale"] = search["plan"]
         other = next(r for r in RULES if r != cfg.rule)
         plans[f"hacscale-{other}"] = search["rules"][other]["plan"]  # the other rule, trained for comparison
         plans = {"baseline": json.loads(ScalingPlan().to_json()), **plans}
-        results = self._stage("train", self._key("epochs", "seeds", "lr", "batch_size", extra=plans),
-                              lambda: self._train_all(plans))
-        meas = self._stage("measure", self._key("runs", "rounds", "target", "threads", extra=plans),
-                           lambda: self._measure_all(plans))
+        # the plans themselves are hashed too: a search rerun after its stage file was deleted may back off
+        # differently (measured), and then the stale trained/measured models must not be reused
+        results = self._stage("train", self._key("train", extra=plans), lambda: self._train_all(plans))
+        meas = self._stage("measure", self._key("measure", extra=plans), lambda: self._measure_all(plans))
         rows = self._rows(plans, results, meas)
         if ratio is not None:  # the same measured check for every method (baselines have no back-off of their own)
             base_ms = rows[0]["latency_ms"]
@@ -440,4 +484,5 @@ def scale(model: str | nn.Module = "digits_resnet", out: str | os.PathLike = "ou
     return Pipeline(cfg, out, net).run()
 
 
-__all__ = ["METHOD_NAMES", "RULES", "MethodResult", "Pipeline", "ScaleConfig", "scale"]
+__all__ = ["METHOD_NAMES", "RULES", "STAGES", "MethodResult", "Pipeline", "ScaleConfig", "downstream", "scale",
+           "stage_keys"]
