@@ -9,13 +9,13 @@ import torch.fx as fx
 
 from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.errors import PlanError
+from fxscale.passes.base import PassManager
 from fxscale.passes.channel_map import INITS, build_maps
-from fxscale.passes.depth import depth_pass, plan_depths
-from fxscale.passes.resolution import RESOLUTION_MODES, resolution_pass
-from fxscale.passes.verify import verify, verify_train
-from fxscale.passes.width import width_pass
+from fxscale.passes.depth import plan_depths
+from fxscale.passes.resolution import RESOLUTION_MODES
+from fxscale.passes.scale import scaling_passes
 from fxscale.plan import ScalingPlan
-from fxscale.tracing import META, guard_eval_only
+from fxscale.tracing import META, dense_outputs, guard_eval_only
 
 
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -52,22 +52,15 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
     plan.validate(cg)
     if plan.depths:  # identity-init check before any work; depth_pass resolves again on the rescaled copy
         plan_depths(gm, plan.depths, init)
-    new = copy_graph_module(gm)
-    report = {}
-    if plan.widths:
-        maps = build_maps(cg, plan, init, seed=seed, importance=importance)
-        report["width"] = width_pass(cg, maps, new, init, noise=noise, seed=seed)
     res = plan.resolution
-    current = gm.meta[META].get("resolution")
-    if res is not None and tuple(res) != tuple(current or ()):
-        report["resolution"] = resolution_pass(new, tuple(res), resolution_mode)
-    if plan.depths:  # last: the copies inherit the rescaled widths; verified with the rest below
-        depth_report = depth_pass(new, plan.depths, init, seed=seed)
-        if depth_report:
-            report["depth"] = depth_report
-    verify(new)
-    if new.meta[META].get("train_gm") is not None:
-        verify_train(new)
+    changes_resolution = res is not None and tuple(res) != tuple(gm.meta[META].get("resolution") or ())
+    if changes_resolution:
+        dense_outputs(gm)  # probed once on the user's graph and kept in its metadata (cached for later plans)
+    maps = build_maps(cg, plan, init, seed=seed, importance=importance) if plan.widths else None
+    passes = scaling_passes(cg, maps, tuple(res) if changes_resolution else None, plan.depths or {}, init=init,
+                            noise=noise, seed=seed, resolution_mode=resolution_mode)
+    new = copy_graph_module(gm)
+    report = dict(PassManager(passes, context={"cg": cg, "maps": maps})(new).report)
     new.meta[META]["transform"] = {"plan": plan.to_json(), "init": init, **{k: v for k, v in report.items()}}
     new.train(gm.training)
     return new

@@ -114,7 +114,6 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         "leaf_modules": tuple(leaf_modules),
         "resolution": tuple(inputs[0].shape[2:]) if inputs[0].dim() >= 3 else None,
     }
-    gm.meta[META]["dense_outputs"] = find_dense_outputs(gm, inputs, gm.meta[META]["output_shapes"])
     if eval_only is not None:
         size = "x".join(str(s) for s in inputs[0].shape[2:]) or str(tuple(inputs[0].shape))
         warnings.warn(f"fxscale.trace: {type(model).__name__} is traced eval-only at input {size}: {eval_only}. "
@@ -239,6 +238,16 @@ def _probe_output_shapes(gm: fx.GraphModule, inputs: tuple, hw: tuple[int, int])
             return _shapes_of(gm(first, *(mode.from_tensor(t) for t in inputs[1:])))
     finally:
         gm.train(was)
+
+
+def dense_outputs(gm: fx.GraphModule) -> dict[tuple, dict[str, Any]]:
+    """The dense outputs of a traced GraphModule (see find_dense_outputs), found on first use and then kept
+    under gm.meta["fxscale"]["dense_outputs"]: only a resolution change needs them, and the shape-only probes
+    cost about as much as a forward pass."""
+    info = gm.meta[META]
+    if "dense_outputs" not in info:
+        info["dense_outputs"] = find_dense_outputs(gm, example_inputs(gm), info["output_shapes"])
+    return info["dense_outputs"]
 
 
 def find_dense_outputs(gm: fx.GraphModule, inputs: tuple, out_shapes: Any) -> dict[tuple, dict[str, Any]]:

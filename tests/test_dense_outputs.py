@@ -17,7 +17,7 @@ from torch import nn
 import fxscale
 from fxscale.errors import VerificationError
 from fxscale.passes.verify import dense_output_errors, verify
-from fxscale.tracing import _shapes_of
+from fxscale.tracing import _shapes_of, dense_outputs
 
 
 class DictSeg(nn.Module):
@@ -83,11 +83,11 @@ def _shapes(out):
 
 def test_dense_outputs_are_found_by_rule_not_name():
     _, _, gm = _traced(DictSeg())
-    dense = gm.meta["fxscale"]["dense_outputs"]
+    dense = dense_outputs(gm)
     assert set(dense) == {("mask",)}
     assert dense[("mask",)]["affine"] == ((Fraction(1), Fraction(0)),) * 2
     _, _, gm = _traced(TupleStride4())
-    dense = gm.meta["fxscale"]["dense_outputs"]
+    dense = dense_outputs(gm)
     assert set(dense) == {(1,), (2,)}  # the logits (index 0) are not dense
     assert all(d["affine"] == ((Fraction(1, 4), Fraction(0)),) * 2 for d in dense.values())
     assert dense[(2,)]["dtype"] == torch.int64
@@ -104,7 +104,7 @@ def test_classifier_has_no_dense_outputs():
             return self.pool(self.c(x))
 
     _, _, gm = _traced(Cls())
-    assert gm.meta["fxscale"]["dense_outputs"] == {}
+    assert dense_outputs(gm) == {}
 
 
 @pytest.mark.parametrize("size", [24, 48])
@@ -160,7 +160,7 @@ def test_traced_size_is_an_exact_noop(model_cls, mode):
 
 def test_leaf_module_container_output_is_resized_inside_its_container():
     _, x, gm = _traced(LeafDictNet(), leaf_modules=[DictHead])
-    assert set(gm.meta["fxscale"]["dense_outputs"]) == {("feat",)}
+    assert set(dense_outputs(gm)) == {("feat",)}
     new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(64, 64)))
     out = new(x)
     assert isinstance(out, collections.OrderedDict)
@@ -195,7 +195,7 @@ def lraspp():
 @pytest.mark.parametrize("mode", ["resize", "input"])
 def test_torchvision_lraspp_both_modes(lraspp, mode):
     _, x, gm = lraspp
-    assert set(gm.meta["fxscale"]["dense_outputs"]) == {("out",)}
+    assert set(dense_outputs(gm)) == {("out",)}
     for size in (48, 96):
         new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(size, size)), resolution_mode=mode)
         xi = x if mode == "resize" else torch.randn(1, 3, size, size)
@@ -209,7 +209,7 @@ def test_torchvision_fcn_out_and_aux_both_modes():
     tv = pytest.importorskip("torchvision")
     model = tv.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True)
     _, x, gm = _traced(model, size=64, batch=1)
-    assert set(gm.meta["fxscale"]["dense_outputs"]) == {("out",), ("aux",)}
+    assert set(dense_outputs(gm)) == {("out",), ("aux",)}
     plan = fxscale.ScalingPlan(resolution=(48, 48))
     with torch.no_grad():
         out = fxscale.transform(gm, plan, resolution_mode="resize")(x)

@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from fxscale.errors import PlanError, TraceError
-from fxscale.tracing import META, leaf_at, propagate_shapes
+from fxscale.tracing import META, dense_outputs, leaf_at, propagate_shapes
 
 from fxscale.passes.spatial_constants import (  # noqa: F401 - re-exported
     _shapes_from_solver, _solve, _Unsupported, _with_nearby, apply_spatial_constants, resample_position_embedding,
@@ -203,6 +203,7 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
         info["resolution_mode"] = mode
         return {"mode": mode, "size": size, "pooled_flattens": [], "constants": [], "position_embeddings": [],
                 "dense_outputs": []}
+    dense = dense_outputs(gm)  # before the graph changes: probed at the current input size
     pools = pool_before_flattens(gm)
     if mode == "resize":
         insert_resize(gm, size, original)
@@ -229,7 +230,6 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
         gm.recompile()
         _shapes_from_solver(gm, solution["solver"])
     fixed = drop_noop_pools(gm, pools)
-    dense = info.get("dense_outputs") or {}
     if mode == "resize" and dense:
         resize_dense_outputs(gm, info["output_shapes"], dense)
     gm.graph.lint()

@@ -1,13 +1,44 @@
-"""Verification rules run after every pass: lint, recompile, forward at the new size, output shapes."""
+"""Verification as named rules, run once by the PassManager after the last pass (tinygrad's spec style).
+
+Each rule takes ``(gm, context)`` and returns a list of problems; the first rule with problems raises a
+VerificationError naming the rule and the node, module or parameter. In order:
+- ``param_shapes`` (static): every parameter of every analysed layer has the width its channel labels give
+  under the plan, so a mis-grouping is caught without running anything;
+- ``forward``: one shape-propagating forward at the model's current input size (refreshes node shapes);
+- ``output_shapes``: outputs keep their traced shapes, except dense outputs, which follow the input size;
+- ``dense_outputs``: each dense output keeps its leading dims and moves with the input size;
+- ``train_graph``: the train-mode graph (aux heads) runs, when there is one.
+"""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 
-from fxscale.errors import VerificationError
-from fxscale.tracing import META, _shapes_of, eval_only_error, example_inputs, leaf_at
+from fxscale.errors import TraceError, VerificationError
+from fxscale.tracing import (
+    META,
+    _shapes_of,
+    eval_only_error,
+    example_inputs,
+    leaf_at,
+    propagate_shapes,
+)
+
+Context = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One named verification rule: ``check(gm, context) -> problems``."""
+
+    name: str
+    check: Callable[[fx.GraphModule, Context], list[str]]
+    doc: str = ""
 
 
 def _lint(gm: fx.GraphModule) -> None:
@@ -39,32 +70,112 @@ def _forward(gm: fx.GraphModule, inputs: tuple) -> Any:
         raise VerificationError(f"forward pass failed at {where}: {type(e).__name__}: {e}") from e
 
 
-def verify(gm: fx.GraphModule, expected_output_shapes: Any = None) -> Any:
-    """Check a rebuilt GraphModule: lint, recompile, eval forward at its input size, output shapes."""
-    _lint(gm)
+def _get(root: Any, path: str) -> Any:
+    for part in path.split(".") if path else ():
+        root = getattr(root, part)
+    return root
+
+
+def check_param_shapes(gm: fx.GraphModule, context: Context) -> list[str]:
+    """Static: every analysed parameter dim has the width of its channel label under the plan's atom sizes."""
+    cg, maps = context.get("cg"), context.get("maps")
+    if cg is None:
+        return []
+    from fxscale.analysis.graph import label_width
+    sizes = maps.sizes if maps is not None else None
+    tgm = gm.meta[META].get("train_gm")
+    by_root = {g.root: g for g in cg.groups}
+    at = cg.ctx.atoms
+    problems = []
+    for use in cg.ctx.uses.values():
+        for pname, dims in use.params.items():
+            path = f"{use.name}.{pname}" if pname else use.name
+            try:
+                t = _get(gm, path)
+            except AttributeError:
+                try:
+                    t = _get(tgm, path) if tgm is not None else None
+                except AttributeError:
+                    t = None
+            if not isinstance(t, torch.Tensor):
+                continue
+            for d, (lab, _mode) in dims.items():
+                groups = [by_root.get(at.sized.find(a)) for a in at.leaves(lab)]
+                if not any(g is not None and g.scalable for g in groups):
+                    continue  # a fixed dim: widths never change it (a resolution change may: position tables)
+                want = label_width(cg.ctx, lab, sizes)
+                if d < t.dim() and t.shape[d] != want:
+                    groups = sorted({g.name for g in groups if g is not None})
+                    problems.append(f"parameter {path} dim {d} has {t.shape[d]} channels, its channel groups "
+                                    f"{groups} give {want}")
+    return problems
+
+
+def check_forward(gm: fx.GraphModule, context: Context) -> list[str]:
+    """One eval forward at the current input size through shape propagation (node shapes are refreshed)."""
     was = gm.training
     gm.eval()
     try:
-        out = _forward(gm, example_inputs(gm))
-        compiled = gm(*example_inputs(gm))
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failing node
+            out = propagate_shapes(gm, *example_inputs(gm))
+    except TraceError as e:
+        return [str(e).replace("shape propagation failed", "forward pass failed", 1)]
     finally:
         gm.train(was)
-    shapes = _shapes_of(out)
-    if _shapes_of(compiled) != shapes:
-        raise VerificationError("recompiled forward and interpreter disagree on output shapes")
-    if expected_output_shapes is not None:
-        if shapes != expected_output_shapes:
-            raise VerificationError(f"output shapes changed: {shapes} != expected {expected_output_shapes}")
-        return out
-    want = gm.meta[META]["output_shapes"]
+    context["_out"] = _shapes_of(out)  # type: ignore[index]
+    return []
+
+
+def check_output_shapes(gm: fx.GraphModule, context: Context) -> list[str]:
+    """Outputs keep the expected shapes (dense outputs were given their new shapes by the resolution pass)."""
+    shapes = context.get("_out")
+    want = context.get("expected_output_shapes") or gm.meta[META]["output_shapes"]
+    if shapes == want:
+        return []
     dense = gm.meta[META].get("dense_outputs") or {}
-    if shapes != want:
-        note = f" (dense outputs, which follow the input size: {[list(p) for p in dense]})" if dense else ""
-        raise VerificationError(f"output shapes changed: {shapes} != expected {want}{note}")
-    errors = dense_output_errors(gm, shapes)
-    if errors:
-        raise VerificationError("; ".join(errors))
-    return out
+    note = f" (dense outputs, which follow the input size: {[list(p) for p in dense]})" if dense else ""
+    return [f"output shapes changed: {shapes} != expected {want}{note}"]
+
+
+def check_dense_outputs(gm: fx.GraphModule, context: Context) -> list[str]:
+    if context.get("expected_output_shapes") is not None:
+        return []
+    return dense_output_errors(gm, context.get("_out"))
+
+
+def check_train_graph(gm: fx.GraphModule, context: Context) -> list[str]:
+    if gm.meta[META].get("train_gm") is None:
+        return []
+    verify_train(gm)
+    return []
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("param_shapes", check_param_shapes, "parameter widths follow their channel labels (static)"),
+    Rule("forward", check_forward, "one shape-propagating forward at the current input size"),
+    Rule("output_shapes", check_output_shapes, "outputs keep their shapes; dense outputs follow the input"),
+    Rule("dense_outputs", check_dense_outputs, "dense outputs keep leading dims and move with the input"),
+    Rule("train_graph", check_train_graph, "the train-mode graph runs"),
+)
+
+
+def run_rules(gm: fx.GraphModule, rules: Sequence[Rule], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Run rules in order; the first with problems raises a VerificationError naming it. Returns the context
+    with what the rules recorded (``_out``: the output shapes of the forward pass)."""
+    ctx = dict(context)
+    for rule in rules:
+        problems = rule.check(gm, ctx)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise VerificationError(f"verification rule {rule.name}: {problems[0]}{more}")
+    return ctx
+
+
+def verify(gm: fx.GraphModule, expected_output_shapes: Any = None, **context: Any) -> Any:
+    """Lint, recompile and run the eval-graph rules on a GraphModule; returns the forward's output shapes."""
+    _lint(gm)
+    rules = [r for r in RULES if r.name != "train_graph"]
+    return run_rules(gm, rules, {"expected_output_shapes": expected_output_shapes, **context}).get("_out")
 
 
 def dense_output_errors(gm: fx.GraphModule, shapes: Any) -> list[str]:
