@@ -7,6 +7,7 @@ and steal cycles from the timed runtime. ONNX Runtime spinning is switched off p
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
 import re
@@ -14,20 +15,27 @@ import statistics
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fxscale.errors import TargetError
-from fxscale.hw.base import PAPER_PROTOCOL, LatencyStats, MeasureProtocol, Target
+from fxscale.hw.base import (
+    PAPER_PROTOCOL,
+    LatencyStats,
+    MeasureProtocol,
+    Target,
+    with_batch,
+)
+from fxscale.hw.timing import Timing, measure_interleaved
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 _GRAPH_OPT = ("all", "extended", "basic", "none")
@@ -47,11 +55,20 @@ def cpu_model() -> str:
 
 
 class Runner(ABC):
-    """A model prepared on a target (session built, weights loaded): run_ms() times one batch."""
+    """A model prepared on a target (session built, weights loaded): call() runs one batch, run_ms() times it.
+
+    The timing engine times call() with its protocol's clock when `clocked`, else uses sample() (CUDA events).
+    """
+
+    clocked: bool = True
 
     @abstractmethod
     def run_ms(self) -> float:
         """Run one inference and return its latency in milliseconds."""
+
+    def call(self) -> None:
+        """Run one inference, untimed (the engine reads its own clock around it)."""
+        self.run_ms()
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -70,10 +87,14 @@ class OrtRunner(Runner):
     def __init__(self, session: Any, feed: dict[str, np.ndarray]) -> None:
         self.session, self.feed = session, feed
 
+    def call(self) -> None:
+        """One session.run."""
+        self.session.run(None, self.feed)
+
     def run_ms(self) -> float:
         """One session.run, timed with perf_counter_ns."""
         t0 = time.perf_counter_ns()
-        self.session.run(None, self.feed)
+        self.call()
         return (time.perf_counter_ns() - t0) / 1e6
 
 
@@ -83,6 +104,7 @@ class TorchRunner(Runner):
     def __init__(self, model: nn.Module, x: torch.Tensor, threads: int) -> None:
         self.model, self.x, self.threads = model, x, threads
         self.cuda = x.device.type == "cuda"
+        self.clocked = not self.cuda  # CUDA runs are asynchronous: timed with events in run_ms()
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -94,6 +116,10 @@ class TorchRunner(Runner):
                 yield
         finally:
             torch.set_num_threads(previous)
+
+    def call(self) -> None:
+        """One forward pass (CPU: the engine's clock times it)."""
+        self.model(self.x)
 
     def run_ms(self) -> float:
         """One forward pass: CUDA events + synchronize on GPU, perf_counter_ns on CPU."""
@@ -110,26 +136,19 @@ class TorchRunner(Runner):
         return (time.perf_counter_ns() - t0) / 1e6
 
 
-def _with_batch(input_shape: Sequence[int], batch: int) -> tuple[int, ...]:
-    """`input_shape` (N, C, H, W) with N replaced by the protocol's batch size."""
-    shape = tuple(int(d) for d in input_shape)
-    if len(shape) < 2 or any(d < 1 for d in shape):
-        raise TargetError(f"input_shape must be (N, C, ...) with positive sizes, got {tuple(input_shape)}")
-    return (batch, *shape[1:])
+_with_batch = with_batch  # older name
 
 
-def _stats(target: Any, samples: list[float], protocol: MeasureProtocol) -> LatencyStats:
-    """LatencyStats labelled with the target's description and the protocol used."""
+def _stats(target: Any, timing: Timing, protocol: MeasureProtocol) -> LatencyStats:
+    """LatencyStats of one item's Timing, labelled with the target's description and the protocol used."""
     info = target.describe()
-    settings = {**info, "batch": protocol.batch, "statistic": protocol.statistic}
-    return LatencyStats.from_samples(samples, protocol.warmup, str(info.get("device", target.name)), settings)
+    settings = {**info, **protocol.describe()}
+    return timing.to_stats(protocol.warmup, str(info.get("device", target.name)), settings)
 
 
 def _measure(target: Any, model_or_onnx: Any, input_shape: Sequence[int], protocol: MeasureProtocol) -> LatencyStats:
-    """prepare + warm-up + timed runs, shared by targets that implement prepare()."""
-    runner = target.prepare(model_or_onnx, _with_batch(input_shape, protocol.batch))
-    runner.sample(protocol.warmup)
-    return _stats(target, runner.sample(protocol.runs), protocol)
+    """One item through the timing engine, shared by targets that implement prepare()."""
+    return _stats(target, measure_interleaved(target, [(model_or_onnx, input_shape)], protocol)[0], protocol)
 
 
 @dataclass
@@ -353,50 +372,35 @@ def register_target(name: str, factory: TargetFactory, replace: bool = False) ->
 
 @dataclass
 class ABResult:
-    """Latency of models A and B timed in alternating rounds; ratios are B/A."""
+    """Latency of models A and B timed in alternating rounds; ratios are B/A per round (in round order).
+
+    ratio_median is their median, [ratio_low, ratio_high] an order-statistic interval covering it with probability
+    `confidence` (see fxscale.hw.timing.median_ratio_interval).
+    """
 
     a: LatencyStats
     b: LatencyStats
     ratio_median: float
     ratio_mean: float
     ratios: list[float]
-
-
-def _round_sizes(runs: int, rounds: int) -> list[int]:
-    """Split `runs` timed runs into at most `rounds` near-equal, non-empty chunks."""
-    rounds = min(rounds, runs)
-    return [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
-
-
-def _samplers(target: Any, models: Sequence[Any], shapes: Sequence[Sequence[int]],
-              protocol: MeasureProtocol) -> list[Callable[[int], list[float]]]:
-    """Per-model `n -> samples` functions: prepared runners when the target has prepare(), else measure()."""
-    if hasattr(target, "prepare"):
-        runners = [target.prepare(m, _with_batch(s, protocol.batch)) for m, s in zip(models, shapes)]
-        for runner in runners:
-            runner.sample(protocol.warmup)
-        return [r.sample for r in runners]
-    return [lambda n, m=m, s=s: target.measure(m, s, dc_replace(protocol, runs=n)).samples_ms
-            for m, s in zip(models, shapes)]
+    ratio_low: float = float("nan")
+    ratio_high: float = float("nan")
+    confidence: float = float("nan")
 
 
 def compare_interleaved(target: Target, model_a: Any, model_b: Any, input_shape: Sequence[int],
-                        protocol: MeasureProtocol = PAPER_PROTOCOL, rounds: int = 5,
-                        input_shape_b: Sequence[int] | None = None) -> ABResult:
-    """Time A and B alternately (A,B then B,A …) in `rounds` rounds of one run to cancel machine drift."""
-    if rounds < 1:
-        raise TargetError(f"rounds must be >= 1, got {rounds}")
-    shapes = (input_shape, input_shape if input_shape_b is None else input_shape_b)
-    sample = _samplers(target, (model_a, model_b), shapes, protocol)
-    pick = statistics.fmean if protocol.statistic == "mean" else statistics.median
-    got: tuple[list[float], list[float]] = ([], [])
-    ratios = []
-    for k, n in enumerate(_round_sizes(protocol.runs, rounds)):
-        this_round: dict[int, list[float]] = {}
-        for i in ((0, 1) if k % 2 == 0 else (1, 0)):
-            this_round[i] = sample[i](n)
-            got[i].extend(this_round[i])
-        ratios.append(pick(this_round[1]) / pick(this_round[0]))
-    a, b = (_stats(target, samples, protocol) for samples in got)
-    return ABResult(a=a, b=b, ratio_median=statistics.median(ratios), ratio_mean=statistics.fmean(ratios),
-                    ratios=ratios)
+                        protocol: MeasureProtocol = PAPER_PROTOCOL, rounds: int | None = None,
+                        input_shape_b: Sequence[int] | None = None, confidence: float = 0.95) -> ABResult:
+    """Time A and B in one measure_interleaved run (A,B then B,A … by default) to cancel machine drift.
+
+    `rounds` overrides protocol.rounds (default 5); the B/A ratio of every round gives the median and its interval.
+    """
+    proto = protocol if rounds is None else dc_replace(protocol, rounds=rounds)  # TargetError naming a bad rounds
+    shape_b = input_shape if input_shape_b is None else input_shape_b
+    ta, tb = measure_interleaved(target, [(model_a, input_shape), (model_b, shape_b)], proto)
+    ci = tb.ratio_to(ta, confidence)
+    ratios = list(ci.ratios)
+    finite = [r for r in ratios if not math.isnan(r)]
+    return ABResult(a=_stats(target, ta, proto), b=_stats(target, tb, proto), ratio_median=ci.ratio,
+                    ratio_mean=statistics.fmean(finite) if finite else math.nan, ratios=ratios,
+                    ratio_low=ci.low, ratio_high=ci.high, confidence=ci.confidence)

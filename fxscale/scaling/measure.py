@@ -1,8 +1,10 @@
 """Measuring many models interleaved, and the analytic latency model calibrated by end-to-end timings."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import replace as dc_replace
+from typing import Any
 
 import numpy as np
 
@@ -15,19 +17,21 @@ from fxscale.scaling.greedy import CostLatency
 
 
 def measure_many(target: Any, models: Sequence[Any], shapes: Sequence[Sequence[int]], protocol: MeasureProtocol,
-                 rounds: int = 5) -> list[LatencyStats]:
-    """Time several models in alternating rounds (order rotates each round) so machine drift hits all alike."""
-    from fxscale.hw.targets import _round_sizes, _samplers, _stats
+                 rounds: int | None = None) -> list[LatencyStats]:
+    """Time several models in one measure_interleaved run (interleaved rounds, so machine drift hits all alike).
+
+    `rounds` overrides protocol.rounds; the order within a round is protocol.order.
+    """
+    from fxscale.hw.targets import _stats
+    from fxscale.hw.timing import measure_interleaved
+    if len(models) != len(shapes):
+        raise TargetError(f"measure_many needs one input shape per model, got {len(models)} models and "
+                          f"{len(shapes)} shapes")
+    proto = protocol if rounds is None else dc_replace(protocol, rounds=rounds)
     if not models:
         return []
-    sample = _samplers(target, models, shapes, protocol)
-    got: list[list[float]] = [[] for _ in models]
-    for k, n in enumerate(_round_sizes(protocol.runs, rounds)):
-        order = list(range(len(models)))
-        order = order[k % len(order):] + order[:k % len(order)]
-        for i in order:
-            got[i].extend(sample[i](n))
-    return [_stats(target, s, protocol) for s in got]
+    timings = measure_interleaved(target, list(zip(models, shapes)), proto)
+    return [_stats(target, t, proto) for t in timings]
 
 
 @dataclass
