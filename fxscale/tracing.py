@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import warnings
 from fractions import Fraction
@@ -62,6 +61,45 @@ def propagate_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:
     return out
 
 
+def _meta_state(gm: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter, buffer and plain tensor attribute of gm as a meta tensor (shape and dtype, no data)."""
+    out = {k: torch.empty_like(v, device="meta") for k, v in gm.named_parameters(remove_duplicate=False)}
+    out.update((k, torch.empty_like(v, device="meta")) for k, v in gm.named_buffers(remove_duplicate=False)
+               if v is not None)
+    return out
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def infer_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:
+    """Shape-only propagate_shapes: parameters, buffers and inputs on the meta device, so the cost does not
+    depend on the input size and nothing (BatchNorm statistics) is mutated. Falls back to a real forward when an
+    op has no meta kernel or reads a tensor attribute that is not a parameter or buffer. Returns output shapes,
+    nested like the output (not values)."""
+    from torch.nn.utils.stateless import _reparametrize_module
+    try:
+        with _reparametrize_module(gm, _meta_state(gm)), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = ShapeProp(gm).propagate(*_to_meta(inputs))
+        for node in gm.graph.nodes:
+            node.meta.setdefault(META, {})["shape"] = _shapes(node.meta.get("tensor_meta"))
+        return _shapes_of(out)
+    except Exception:  # noqa: BLE001 - the real forward below names the failing node, or succeeds
+        pass
+    state = {k: v.detach().clone() for k, v in gm.state_dict(keep_vars=True).items()} if gm.training else None
+    try:
+        return _shapes_of(propagate_shapes(gm, *inputs))
+    finally:
+        if state is not None:
+            gm.load_state_dict(state, strict=False)  # a train-mode forward must not move BatchNorm statistics
+
+
 def _shapes(tm: Any) -> Any:
     """Tensor shapes (tuples) from ShapeProp metadata, nested like the value."""
     if tm is None:
@@ -97,20 +135,21 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
     if not isinstance(model, nn.Module):
         raise TraceError(f"fxscale.trace needs an nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_input)
-    was_training = model.training
-    model.train(mode == "train")
+    modes = _training_flags(model)
     try:
+        model.train(mode == "train")
         gm = _trace_graph(model, leaf_modules)
         gm.train(mode == "train")
-        out = propagate_shapes(gm, *inputs)
+        out_shapes = infer_shapes(gm, *inputs)
+        train_gm, eval_only = (None, None) if mode == "train" else _train_only_graph(model, gm, inputs,
+                                                                                     leaf_modules)
     finally:
-        model.train(was_training)
-    train_gm, eval_only = (None, None) if mode == "train" else _train_only_graph(model, gm, inputs, leaf_modules)
+        _restore_flags(modes)
     gm.meta[META] = {
         "train_gm": train_gm,
         "input_shapes": [tuple(t.shape) for t in inputs],
         "input_dtypes": [t.dtype for t in inputs],
-        "output_shapes": _shapes_of(out),
+        "output_shapes": out_shapes,
         "leaf_modules": tuple(leaf_modules),
         "resolution": tuple(inputs[0].shape[2:]) if inputs[0].dim() >= 3 else None,
     }
@@ -141,23 +180,30 @@ def _train_only_graph(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
     """(train-mode trace, None) when it calls modules the eval trace does not (GoogLeNet/Inception aux heads),
     (None, None) when the eval graph is also the train graph, and (None, reason) when the train-mode graph
     cannot be traced or does not run at the example size (the result is then eval-only)."""
-    twin = copy.deepcopy(model).train()
+    model.train()
     try:
-        tgm = _trace_graph(twin, leaf_modules)
+        tgm = _trace_graph(model, leaf_modules)
     except TraceError as e:
         return None, f"the train-mode graph cannot be traced ({e})"
     if not (_module_targets(tgm) - _module_targets(gm)):
         return None, None
-    state = copy.deepcopy(tgm.state_dict())
     tgm.train()
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failing node
-            propagate_shapes(tgm, *inputs)
+            infer_shapes(tgm, *inputs)  # meta tensors: BatchNorm statistics do not move
     except TraceError as e:
         return None, f"the train-mode graph does not run at this size ({e})"
-    tgm.load_state_dict(state)
     share_modules(gm, tgm)
     return tgm, None
+
+
+def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_flags(flags: list[tuple[nn.Module, bool]]) -> None:
+    for m, training in flags:
+        m.training = training
 
 
 def eval_only_error(gm: fx.GraphModule) -> TraceError:
@@ -226,24 +272,31 @@ def leaf_at(obj: Any, path: tuple) -> Any:
 
 
 def _probe_output_shapes(gm: fx.GraphModule, inputs: tuple, hw: tuple[int, int]) -> Any:
-    """Output shapes with the first input at spatial size hw, shape-only (fake tensors: no compute, no memory)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    """Output shapes with the first input at spatial size hw, shape-only: meta tensors (node metadata untouched),
+    or fake tensors where an op has no meta kernel."""
+    from torch.nn.utils.stateless import _reparametrize_module
     was = gm.training
     gm.eval()
+    first = tuple(inputs[0].shape[:-2]) + tuple(hw)
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad(), \
-                contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            first = torch.empty(tuple(inputs[0].shape[:-2]) + tuple(hw), dtype=inputs[0].dtype)
-            return _shapes_of(gm(first, *(mode.from_tensor(t) for t in inputs[1:])))
+            try:
+                with _reparametrize_module(gm, _meta_state(gm)):
+                    meta_first = torch.empty(first, dtype=inputs[0].dtype, device="meta")
+                    return _shapes_of(gm(meta_first, *_to_meta(tuple(inputs[1:]))))
+            except Exception:  # noqa: BLE001 - no meta kernel somewhere: fake tensors
+                from torch._subclasses.fake_tensor import FakeTensorMode
+                with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                    x = torch.empty(first, dtype=inputs[0].dtype)
+                    return _shapes_of(gm(x, *(mode.from_tensor(t) for t in inputs[1:])))
     finally:
         gm.train(was)
 
 
 def dense_outputs(gm: fx.GraphModule) -> dict[tuple, dict[str, Any]]:
     """The dense outputs of a traced GraphModule (see find_dense_outputs), found on first use and then kept
-    under gm.meta["fxscale"]["dense_outputs"]: only a resolution change needs them, and the shape-only probes
-    cost about as much as a forward pass."""
+    under gm.meta["fxscale"]["dense_outputs"]: only a resolution change needs them."""
     info = gm.meta[META]
     if "dense_outputs" not in info:
         info["dense_outputs"] = find_dense_outputs(gm, example_inputs(gm), info["output_shapes"])

@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from fxscale.errors import PlanError, TraceError
-from fxscale.tracing import META, dense_outputs, leaf_at, propagate_shapes
+from fxscale.tracing import META, dense_outputs, infer_shapes, leaf_at
 
 from fxscale.passes.spatial_constants import (  # noqa: F401 - re-exported
     _shapes_from_solver, _solve, _Unsupported, _with_nearby, apply_spatial_constants, resample_position_embedding,
@@ -215,7 +215,7 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
     fixes: dict[str, Any] = {"constants": [], "position_embeddings": []}
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failing node
-            propagate_shapes(gm, *inputs)
+            infer_shapes(gm, *inputs)
     except TraceError as err:
         try:
             solution = _solve(gm, original, size, mode)

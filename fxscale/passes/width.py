@@ -35,13 +35,15 @@ def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 def _set_tensor(owner: nn.Module, leaf: str, value: torch.Tensor, like: torch.Tensor) -> None:
-    """Replace a parameter or buffer keeping its kind and requires_grad."""
+    """Replace a parameter or buffer keeping its kind and requires_grad (`value` is a new tensor: remap_tensor
+    never returns a view of its input)."""
+    value = value.detach()
     if isinstance(like, nn.Parameter):
-        setattr(owner, leaf, nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad))
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=like.requires_grad))
     elif leaf in owner._buffers:
-        owner._buffers[leaf] = value.detach().clone()
+        owner._buffers[leaf] = value
     else:
-        setattr(owner, leaf, value.detach().clone())
+        setattr(owner, leaf, value)
 
 
 def remap_tensor(cg: ChannelGraph, maps: ChannelMaps, t: torch.Tensor, dims: dict, fresh: torch.Tensor | None,
@@ -61,6 +63,8 @@ def remap_tensor(cg: ChannelGraph, maps: ChannelMaps, t: torch.Tensor, dims: dic
         if noise and mode == "select":
             rep = (cnt > 1).to(out.dtype).view(shape)
             out = out + noise * out.abs().mean() * torch.randn(out.shape, generator=gen) * rep
+    if not dims:
+        out = out.clone()
     if fresh is not None:
         fresh_mask = torch.zeros(out.shape, dtype=torch.bool)
         for m, _d in masks:
@@ -93,31 +97,24 @@ def rebuild_module(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use:
     labels = [lab for dims in use.params.values() for lab, _m in dims.values()]
     if not any(maps.changed(cg, lab) for lab in labels):
         return False
-    old = _get(gm, use.name)
-    new = copy.deepcopy(old)
-    shapes = {}
+    new = _get(gm, use.name)  # gm is the transform's private copy: the module is rebuilt in place
+    old = {pname: _get(new, pname) for pname in use.params}  # the tensors before, read before any is replaced
+    old_embed = getattr(new, "embed_dim", None)
     for pname, dims in use.params.items():
-        t = _get(old, pname)
-        shapes[pname] = remap_tensor(cg, maps, t, dims, None)
-    for pname, value in shapes.items():
         owner, leaf = _owner(new, pname)
-        _set_tensor(owner, leaf, value, _get(old, pname))
+        _set_tensor(owner, leaf, remap_tensor(cg, maps, old[pname], dims, None), old[pname])
     _patch_attrs(new, use)
     if use.kind == "mha" and init == "preserve":
-        _attention_fixup(cg, maps, use, new, old)
+        _attention_fixup(cg, maps, use, new, old_embed)
     if init == "reinit":
         new = _fresh_like(new)
-    elif _has_fresh(cg, maps, labels):
-        fresh = _fresh_like(new)
+    elif _has_fresh(cg, maps, labels) or noise:
+        fresh = _fresh_like(new) if _has_fresh(cg, maps, labels) else None
         for pname, dims in use.params.items():
             owner, leaf = _owner(new, pname)
-            value = remap_tensor(cg, maps, _get(old, pname), dims, _get(fresh, pname), noise=noise, gen=gen)
-            _set_tensor(owner, leaf, value, _get(old, pname))
-    elif noise:
-        for pname, dims in use.params.items():
-            owner, leaf = _owner(new, pname)
-            value = remap_tensor(cg, maps, _get(old, pname), dims, None, noise=noise, gen=gen)
-            _set_tensor(owner, leaf, value, _get(old, pname))
+            value = remap_tensor(cg, maps, old[pname], dims, _get(fresh, pname) if fresh is not None else None,
+                                 noise=noise, gen=gen)
+            _set_tensor(owner, leaf, value, old[pname])
     owner, leaf = _owner(gm, use.name)
     setattr(owner, leaf, new)
     return True
@@ -131,11 +128,11 @@ def _replicas(cg: ChannelGraph, maps: ChannelMaps, label: tuple) -> torch.Tensor
     return torch.cat(out)
 
 
-def _attention_fixup(cg: ChannelGraph, maps: ChannelMaps, use: Use, new: nn.Module, old: nn.Module) -> None:
+def _attention_fixup(cg: ChannelGraph, maps: ChannelMaps, use: Use, new: nn.Module, old_embed: int) -> None:
     """Keep q.k/sqrt(d) unchanged: zero the query rows of replicated channels, rescale by sqrt(d'/d)."""
     e_new, h = new.embed_dim, new.num_heads
     rep = _replicas(cg, maps, use.inputs[0])
-    scale = ((e_new / h) / (old.embed_dim / h)) ** 0.5
+    scale = ((e_new / h) / (old_embed / h)) ** 0.5
     with torch.no_grad():
         q = new.in_proj_weight[:e_new]
         q.mul_(scale)[rep] = 0
