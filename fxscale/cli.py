@@ -156,12 +156,14 @@ def _scaled_graph(args: argparse.Namespace, transform: bool):
 
 
 def _plan_cost(cg, plan, new=None):
-    """Cost of the model under the plan (input mode); a depth plan is costed on the transformed graph."""
+    """Cost of the model under the plan (input mode); a depth plan is costed on the deeper graph (the transformed
+    model `new` when there is one, else fxscale.materialize's rebuild)."""
     import fxscale
     if getattr(plan, "depths", None):
-        if new is None:
-            new = fxscale.transform(cg.gm, plan, resolution_mode="input", cg=cg)
-        return fxscale.cost(new)
+        if new is not None:
+            return fxscale.cost(new)
+        from fxscale.passes.depth import plan_depths
+        plan_depths(cg.gm, plan.depths, "preserve")  # as `fxscale transform` would: repeated blocks are identities
     return fxscale.cost(cg, plan, mode="input")
 
 
@@ -324,8 +326,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FxscaleError as e:
-        print(f"fxscale: error: {e}", file=sys.stderr)
+        print(f"fxscale: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (multi-line messages joined with "; ")."""
+    return "; ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 import torch.fx as fx
@@ -26,6 +26,9 @@ from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.ops.table import module_row, node_row
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import META
+
+if TYPE_CHECKING:
+    from fxscale.materialize import Materializer
 
 Dim = Union[int, tuple]  # a fixed size, or a channel label as ((atom, inner), ...)
 
@@ -202,13 +205,17 @@ class CostModel:
 
 
 def cost(cg_or_gm: Union[ChannelGraph, fx.GraphModule], plan: Optional[ScalingPlan] = None, *,
-         mode: str = "resize", dtype_bytes: int = 4) -> CostReport:
-    """Per-layer and total MACs/FLOPs, params, activations and bytes of a traced model under a plan."""
+         mode: str = "resize", dtype_bytes: int = 4, materializer: Optional["Materializer"] = None) -> CostReport:
+    """Per-layer and total MACs/FLOPs, params, activations and bytes of a traced model under a plan.
+
+    A depth plan is costed on the deeper graph (new blocks are new layers; still no training), rebuilt by
+    fxscale.materialize; pass a `materializer` to reuse that rebuild across calls.
+    """
     cg = cg_or_gm if isinstance(cg_or_gm, ChannelGraph) else analyze(cg_or_gm)
     plan = plan or ScalingPlan()
-    if getattr(plan, "depths", None):  # new blocks are new layers: cost the rebuilt graph (still no training)
-        from fxscale.api import transform
-        return cost(transform(cg.gm, plan, init="reinit", resolution_mode=mode), mode=mode, dtype_bytes=dtype_bytes)
+    if getattr(plan, "depths", None):
+        from fxscale.materialize import materialize
+        cg, plan = materialize(cg, plan, mode=mode, cache=materializer)
     return cost_model(cg, plan.resolution, mode=mode, dtype_bytes=dtype_bytes).report(plan)
 
 

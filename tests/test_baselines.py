@@ -289,3 +289,35 @@ def test_no_repeatable_stage():
         B.depth(cg, ev, None, flops_scale=2.0)
     plan = B.efficientnet(cg, ev, None, flops_scale=2.0)
     assert plan.depths == {} and "d = 1" in plan.meta["depth_note"] and plan.meta["phi"] > 0
+
+
+# The plans the six hand-written baselines gave before they became rows of one table (digits_resnet, 2x FLOPs).
+GOLDEN_RESNET_FS2 = {
+    "depth": ({}, None, {"stages.0": 4, "stages.1": 3}, 3, 4016768),
+    "dollar": ({"stages.0.0.conv1": 22, "stages.0.1.conv1": 22, "stages.1.0.conv1": 45, "stages.1.0.conv2": 45,
+                "stages.1.1.conv1": 45, "stem.0": 22}, (8, 8), {}, 2.3450728058815002, 4322916),
+    "efficientnet": ({"stages.0.0.conv1": 17, "stages.0.1.conv1": 17, "stages.1.0.conv1": 33, "stages.1.0.conv2": 33,
+                      "stages.1.1.conv1": 33, "stem.0": 17}, (8, 8), {"stages.0": 3, "stages.1": 3},
+                     0.4337705969810486, 3765492),
+    "neuralscale": ({"stages.0.0.conv1": 26, "stages.0.1.conv1": 20, "stages.1.0.conv1": 38, "stages.1.0.conv2": 57,
+                     "stages.1.1.conv1": 43, "stem.0": 20}, None, {}, 2.036512943533282, 4434804),
+    "resolution": ({}, (10, 10), {}, 1.3125, 3511040),
+    "uniform": ({"stages.0.0.conv1": 22, "stages.0.1.conv1": 22, "stages.1.0.conv1": 45, "stages.1.0.conv2": 45,
+                 "stages.1.1.conv1": 45, "stem.0": 22}, None, {}, 1.40625, 4322916),
+}
+
+
+def test_table_rows_are_the_registry():
+    assert sorted(B.TABLE) == METHODS
+    for name, row in B.TABLE.items():
+        fn = B.get_baseline(name)
+        assert fn.__name__ == name and fn.__doc__ == row.doc and getattr(B, name) is fn
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_golden_plans(resnet, name):
+    widths, res, depths, knob, f = GOLDEN_RESNET_FS2[name]
+    plan = B.create_baseline(name, resnet, Evaluator(resnet, latency), flops_scale=2.0)
+    assert (plan.widths, plan.resolution, plan.depths) == (widths, res, depths)
+    assert plan.meta["method"] == name and plan.meta[plan.meta["knob"]] == pytest.approx(knob, rel=1e-9)
+    assert plan.meta["predicted"]["flops"] == f

@@ -245,3 +245,19 @@ def test_cli_profile_writes_loadable_file_and_rejects_unknown_target(tmp_path, c
     ms = LatencyPredictor(prof).predict(cg, random_plan(cg, random.Random(0)))
     assert 0.0 < ms < 10.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ort.json"]
+
+
+def test_saved_profile_kind_keys_round_trip_through_kernel_kind(fake_profile, tmp_path):
+    from fxscale.ops import KernelKind
+    d = json.loads(fake_profile.save(tmp_path / "p.json").read_text())
+    keys = (set(d["kinds"]) | set(d["fusion"]) | set(d["calibration"]["scales"])) - {COLD_KIND, KERNEL_KIND}
+    assert {"conv_k3_s2", "dwconv_k5", "gpool", "norm"} <= keys
+    for key in keys:
+        kind = KernelKind.parse(key)
+        assert KernelKind.parse(str(kind)) == kind and str(kind) == key and kind.known
+        if key in d["kinds"]:
+            assert fake_profile.fit(kind) is fake_profile.fit(key) is fake_profile.kinds[key]
+    bad = {**d, "kinds": {**d["kinds"], "warp_k3": d["kinds"]["conv_k3"]}}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ProfileError, match=r"bad\.json.*unknown kernel family 'warp' in kind 'warp_k3'"):
+        DeviceProfile.load(tmp_path / "bad.json")

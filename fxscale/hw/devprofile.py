@@ -7,12 +7,13 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 from scipy.optimize import nnls
 
-from fxscale.errors import TargetError
+from fxscale.errors import ProfileError  # re-exported: defined in fxscale.errors
+from fxscale.ops.row import CONV_FAMILIES, FAMILIES, MAC_FAMILIES, KernelKind
 
 PROFILE_FORMAT = "fxscale.latency-profile"
 PROFILE_VERSION = 1
@@ -21,10 +22,8 @@ KERNEL_KIND = "kernel_count"  # calibration key of a per-runtime-kernel cost, in
 KERNEL_UNIT_MS = 0.01
 MIN_MS = 1e-4  # floor (0.1 us) on measured times when used as relative-error weights
 GBR_MIN_SAMPLES = 12
-
-
-class ProfileError(TargetError):
-    """A latency profile is unreadable, of another version, or lacks a kernel kind (names the file / kind)."""
+FUSED_FAMILIES = frozenset({"norm", "elementwise"})  # fused into a preceding conv by runtimes (fusion factors)
+GEMM_FAMILIES = MAC_FAMILIES - CONV_FAMILIES  # stream their weights from DRAM like GEMMs (kappa_linear)
 
 
 @dataclass
@@ -129,25 +128,27 @@ class DeviceProfile:
     meta: dict[str, Any] = field(default_factory=dict)
     source: Optional[str] = field(default=None, compare=False)  # file it was loaded from
 
-    def fit(self, kind: str) -> KindFit:
+    def fit(self, kind: Union[KernelKind, str]) -> KindFit:
         """The fit for a (fine) kind; stride variants fall back to the stride-1 fit; ProfileError if absent."""
-        fit = self.kinds.get(kind) or self.kinds.get(base_kind(kind))
+        key, base = _keys(kind)
+        fit = self.kinds.get(key) or self.kinds.get(base)
         if fit is None:
             where = f" ({self.source})" if self.source else ""
-            raise ProfileError(f"the latency profile{where} has no kernel kind {kind!r}; profiled kinds: "
+            raise ProfileError(f"the latency profile{where} has no kernel kind {key!r}; profiled kinds: "
                                f"{', '.join(sorted(self.kinds))}. Re-run `fxscale profile` with a model "
                                f"that contains it")
         return fit
 
-    def scale(self, kind: str) -> float:
-        """Whole-model scale of a kind: calibrated, else its measured fusion factor, else 1."""
+    def scale(self, kind: Union[KernelKind, str]) -> float:
+        """Whole-model scale of a kind (or of COLD_KIND, KERNEL_KIND): calibrated, else its fusion factor, else 1."""
+        key, base = _keys(kind)
         if self.calibration is not None:
-            for k in (kind, base_kind(kind)):
+            for k in (key, base):
                 if k in self.calibration.scales:
                     return self.calibration.scales[k]
-        if kind == KERNEL_KIND:
+        if key == KERNEL_KIND:
             return 0.0
-        return self.fusion.get(kind, self.fusion.get(base_kind(kind), 1.0))
+        return self.fusion.get(key, self.fusion.get(base, 1.0))
 
     def ramp_fn(self) -> Callable[[float], float]:
         """Model weight bytes -> fraction streamed from DRAM per inference (clipped ramp c0..c1, 0 if cached)."""
@@ -160,10 +161,11 @@ class DeviceProfile:
         """Exponent of the smooth roofline that combines a layer's hot time with its DRAM streaming time."""
         return float(self.cache.get("roofline_p", 2.0))
 
-    def kappa(self, kind: str) -> float:
+    def kappa(self, kind: Union[KernelKind, str]) -> float:
         """ms per weight byte streamed from DRAM by a layer of this kind (GEMM-like vs conv-like kernels)."""
-        key = "kappa_linear" if base_kind(kind) in ("linear", "matmul", "attention") else "kappa_conv"
-        return float(self.cache.get(key, 0.0))
+        kk = _as_kind_or_none(kind)
+        gemm = kk is not None and kk.family in GEMM_FAMILIES
+        return float(self.cache.get("kappa_linear" if gemm else "kappa_conv", 0.0))
 
     def constant_ms(self) -> float:
         """Per-inference constant: calibrated, else the measured call overhead."""
@@ -209,6 +211,8 @@ class DeviceProfile:
             raise ProfileError(f"{where}: latency profile version {d.get('version')!r} is not supported "
                                f"(expected {PROFILE_VERSION}); re-run `fxscale profile`")
         try:
+            for key in d["kinds"]:  # where a profile's kind keys enter: each must be a kind of a known family
+                profile_kind(key)
             kinds = {k: KindFit.from_dict(v) for k, v in d["kinds"].items()}
             cal = Calibration.from_dict(d["calibration"]) if d.get("calibration") else None
             return cls(target=dict(d["target"]), kinds=kinds, channel_block=int(d["channel_block"]),
@@ -232,12 +236,36 @@ class DeviceProfile:
         return cls.from_dict(d, source=str(path))
 
 
-def base_kind(kind: str) -> str:
-    """conv_k3_s2 -> conv_k3; gpool -> pool; other kinds unchanged."""
-    if kind == "gpool":
-        return "pool"
-    head, _, tail = kind.rpartition("_s")
-    return head if head and tail.isdigit() else kind
+def as_kind(kind: Union[KernelKind, str]) -> KernelKind:
+    """A kind as KernelKind: strings are parsed ('conv_k3_s2' -> KernelKind('conv', 3, 2)); ValueError if not one."""
+    return kind if isinstance(kind, KernelKind) else KernelKind.parse(kind)
+
+
+def _as_kind_or_none(kind: Union[KernelKind, str]) -> Optional[KernelKind]:
+    try:
+        return as_kind(kind)
+    except ValueError:
+        return None
+
+
+def _keys(kind: Union[KernelKind, str]) -> tuple[str, str]:
+    """(profile key of a kind, key of the fit it falls back to); a string that is no kind is its own fallback."""
+    kk = _as_kind_or_none(kind)
+    return str(kind), str(kk.base) if kk is not None else str(kind)
+
+
+def profile_kind(key: str) -> KernelKind:
+    """A profile's kind key parsed; ValueError naming it when it is no kind of a known family."""
+    kind = KernelKind.parse(key)
+    if not kind.known:
+        raise ValueError(f"unknown kernel family {kind.family!r} in kind {key!r} (known families: "
+                         f"{', '.join(sorted(FAMILIES))})")
+    return kind
+
+
+def base_kind(kind: Union[KernelKind, str]) -> str:
+    """conv_k3_s2 -> conv_k3; gpool -> pool; other kinds (and strings that are no kind) unchanged."""
+    return _keys(kind)[1]
 
 
 def _json_default(o: Any) -> Any:
@@ -447,5 +475,6 @@ def _fit_model(name: str, y: np.ndarray, hot: np.ndarray, cold: np.ndarray, cons
             "n": int(len(y)), "mape_before": mape(before, y), "mape_after": mape(after, y)}
 
 
-__all__ = ["COLD_KIND", "KERNEL_KIND", "KERNEL_UNIT_MS", "Calibration", "DeviceProfile", "KindFit", "PROFILE_FORMAT", "PROFILE_VERSION", "ProfileError",
-           "base_kind", "cv_compare", "fit_calibration", "fit_kind", "fit_linear", "loo_errors", "mape", "r2"]
+__all__ = ["COLD_KIND", "FUSED_FAMILIES", "GEMM_FAMILIES", "KERNEL_KIND", "KERNEL_UNIT_MS", "Calibration",
+           "DeviceProfile", "KindFit", "PROFILE_FORMAT", "PROFILE_VERSION", "ProfileError", "as_kind", "base_kind",
+           "cv_compare", "fit_calibration", "fit_kind", "fit_linear", "loo_errors", "mape", "profile_kind", "r2"]

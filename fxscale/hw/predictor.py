@@ -16,22 +16,24 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Union
 
 import torch.fx as fx
-from torch import nn
 
 from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.cost import CostModel, cost_model
 from fxscale.errors import PlanError
-from fxscale.hw.devprofile import COLD_KIND, KERNEL_KIND, KERNEL_UNIT_MS, DeviceProfile, KindFit
+from fxscale.hw.devprofile import (COLD_KIND, FUSED_FAMILIES, KERNEL_KIND, KERNEL_UNIT_MS, DeviceProfile, KindFit,
+                                   as_kind)
+from fxscale.materialize import Materializer
+from fxscale.hw.kernels import GEOMETRY, Geometry, conv_taps, layer_geometry  # noqa: F401 - re-exported
+from fxscale.ops.row import KernelKind
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import META
 
-CONV_PREFIXES = ("conv_", "dwconv_", "gconv_")
-MAC_FREE = frozenset({"norm", "elementwise", "pool", "gpool", "reduce", "concat", "resize", "other"})
-ZERO_KINDS = frozenset({"view"})
+VIEW = KernelKind("view")  # the fine kind of every view layer (no kernel runs)
+Ratios = tuple[float, float, float, float]  # padding factors of input bytes, output bytes, weight bytes, MACs
 
 
 def pad_to(c: int, block: int) -> int:
@@ -39,88 +41,55 @@ def pad_to(c: int, block: int) -> int:
     return -(-c // block) * block
 
 
-def fine_kind(kind: str, stride: int, ins: list[tuple], out: tuple) -> str:
+def _pad_dense(cin: int, cout: int, block: int) -> Ratios:
+    rin = pad_to(cin, block) / cin if cin >= block else 1.0  # an input narrower than a block runs unpadded
+    rout = pad_to(cout, block) / cout
+    return rin, rout, rin * rout, rin * rout
+
+
+# Conv families whose channels the runtime pads to its channel block (depthwise: as its output; grouped: not at all)
+# and whose padding taps it skips, by family; their kinds are refined by stride. ConvTranspose layers run as costed.
+CHANNEL_PADDING: dict[str, Callable[[int, int, int], Ratios]] = {
+    "conv": _pad_dense, "dwconv": lambda cin, cout, block: (pad_to(cout, block) / cout,) * 4,
+    "gconv": lambda cin, cout, block: (1.0,) * 4}
+
+
+def _global_pool(kind: KernelKind, stride: int, ins: list[tuple], out: tuple) -> KernelKind:
+    glob = len(out) > 2 and all(d == 1 for d in out[2:]) and ins and any(d != 1 for d in ins[0][2:])
+    return KernelKind("gpool") if glob else kind
+
+
+# kind refinements by family: conv families by stride, pooling to a 1x1 map as gpool
+REFINE: dict[str, Callable[[KernelKind, int, list[tuple], tuple], KernelKind]] = {
+    **dict.fromkeys(CHANNEL_PADDING, lambda kind, stride, ins, out: replace(kind, stride=max(stride, 1))),
+    "pool": _global_pool}
+
+
+def refine_kind(kind: KernelKind, stride: int, ins: list[tuple], out: tuple) -> KernelKind:
     """The cost model's kind refined by stride (conv_k3_s2) and global pooling (gpool)."""
-    if kind.startswith(CONV_PREFIXES) and stride > 1:
-        return f"{kind}_s{stride}"
-    if kind == "pool" and len(out) > 2 and all(d == 1 for d in out[2:]) and ins and \
-            any(d != 1 for d in ins[0][2:]):
-        return "gpool"
-    return kind
+    rule = REFINE.get(kind.family)
+    return rule(kind, stride, ins, out) if rule is not None else kind
 
 
-def features(kind: str, ins: list[tuple], out: tuple, macs: int, nbytes: int, params: int, dtype_bytes: int,
-             block: int, taps: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float, float]:
+def fine_kind(kind: Union[KernelKind, str], stride: int, ins: list[tuple], out: tuple) -> str:
+    """refine_kind as a profile key."""
+    return str(refine_kind(as_kind(kind), stride, ins, out))
+
+
+def features(kind: Union[KernelKind, str], ins: list[tuple], out: tuple, macs: int, nbytes: int, params: int,
+             dtype_bytes: int, block: int, taps: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float, float]:
     """(MACs, bytes, weight bytes) of one layer as the runtime executes it (padded channels, used taps)."""
     # Conv kinds: channels padded to the runtime's block (inputs with fewer channels than a block run unpadded),
     # MACs times the fraction of kernel taps inside the input (padding taps are skipped), weight bytes times the
     # fraction of taps any output uses (a 3x3 conv on a 1x1 map reads only the centre tap). Others: as costed.
-    if not kind.startswith(CONV_PREFIXES) or not ins or len(ins[0]) < 2 or len(out) < 2 or ins[0][1] < 1 \
-            or out[1] < 1:
+    pad = CHANNEL_PADDING.get((kind if isinstance(kind, KernelKind) else KernelKind.parse(kind)).family)
+    if pad is None or not ins or len(ins[0]) < 2 or len(out) < 2 or ins[0][1] < 1 or out[1] < 1:
         return float(macs), float(nbytes), float(params * dtype_bytes)
     cin, cout = ins[0][1], out[1]
     mt, wt = taps
-    if block <= 1 or kind.startswith("gconv_"):
-        rin = rout = rw = rm = 1.0
-    elif kind.startswith("dwconv_"):
-        rin = rout = rw = rm = pad_to(cout, block) / cout
-    else:
-        rin = pad_to(cin, block) / cin if cin >= block else 1.0
-        rout = pad_to(cout, block) / cout
-        rw = rm = rin * rout
+    rin, rout, rw, rm = pad(cin, cout, block) if block > 1 else (1.0,) * 4
     wbytes = params * dtype_bytes * rw * wt
     return macs * rm * mt, dtype_bytes * (math.prod(ins[0]) * rin + math.prod(out) * rout) + wbytes, wbytes
-
-
-def conv_taps(in_sp: tuple, out_sp: tuple, kernel: tuple, stride: tuple, padding: tuple,
-              dilation: tuple) -> tuple[float, float]:
-    """(fraction of kernel taps inside the input, averaged over outputs; fraction of taps used by any output)."""
-    mf = wf = 1.0
-    for i_n, o_n, k, st, p, d in zip(in_sp, out_sp, kernel, stride, padding, dilation):
-        used, total = set(), 0
-        for o in range(o_n):
-            for t in range(k):
-                if 0 <= o * st - p + t * d < i_n:
-                    total += 1
-                    used.add(t)
-        mf *= total / max(1, o_n * k)
-        wf *= len(used) / max(1, k)
-    return mf, wf
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Kernel, stride, padding and dilation of a conv-like layer (one entry per spatial dim)."""
-
-    kernel: tuple
-    stride: tuple
-    padding: tuple
-    dilation: tuple
-
-
-def layer_geometry(cg: ChannelGraph) -> dict[str, Geometry]:
-    """Geometry of every nn.ConvNd / F.convNd node of the graph, by node name."""
-    out: dict[str, Geometry] = {}
-    mods = dict(cg.gm.named_modules())
-    for n in cg.gm.graph.nodes:
-        mod = mods.get(n.target) if n.op == "call_module" else None
-        if isinstance(mod, nn.modules.conv._ConvNd):
-            k = tuple(mod.kernel_size)
-            pad = mod.padding
-            if isinstance(pad, str):  # "valid" / "same" (stride 1)
-                pad = tuple(0 if pad == "valid" else (kk - 1) * dd // 2 for kk, dd in zip(k, mod.dilation))
-            out[n.name] = Geometry(k, tuple(mod.stride), tuple(pad), tuple(mod.dilation))
-        elif n.op == "call_function" and getattr(n.target, "__name__", "") in ("conv1d", "conv2d", "conv3d"):
-            dims = int(n.target.__name__[4])
-            w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
-            wshape = w.meta.get(META, {}).get("shape") if isinstance(w, fx.Node) else None
-            names = ("stride", "padding", "dilation")
-            vals = [n.kwargs.get(nm, n.args[3 + j] if len(n.args) > 3 + j else (0 if nm == "padding" else 1))
-                    for j, nm in enumerate(names)]
-            if isinstance(wshape, tuple) and not any(isinstance(v, str) for v in vals):
-                st, pad, dil = (tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * dims for v in vals)
-                out[n.name] = Geometry(tuple(wshape[2:]), st, pad, dil)
-    return out
 
 
 @dataclass
@@ -129,11 +98,21 @@ class LayerSite:
 
     index: int
     name: str
-    kind: str  # fine kind ("view" for views)
-    base: str  # the cost model's kind
+    fine: KernelKind  # the cost model's kind refined by stride / global pooling (VIEW for views)
+    cost_kind: KernelKind  # the cost model's kind
     taps: tuple[float, float] = (1.0, 1.0)
     view: bool = False
     params: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The fine kind as a profile key ("conv_k3_s2", "view" for views)."""
+        return str(self.fine)
+
+    @property
+    def base(self) -> str:
+        """The cost model's kind string."""
+        return str(self.cost_kind)
 
 
 def layer_sites(cg: ChannelGraph, cm: CostModel, sizes: dict[int, int]) -> list[LayerSite]:
@@ -142,17 +121,18 @@ def layer_sites(cg: ChannelGraph, cm: CostModel, sizes: dict[int, int]) -> list[
     out = []
     for i, L in enumerate(cm.layers):
         lc = cm.layer(i, sizes)
-        if L.view or lc.kind in ZERO_KINDS:
-            out.append(LayerSite(i, L.name, "view", lc.kind, view=True, params=bool(L.params)))
+        base = KernelKind.parse(lc.kind)  # where a cost-model kind enters the predictor
+        if L.view or base.moves_nothing:
+            out.append(LayerSite(i, L.name, VIEW, base, view=True, params=bool(L.params)))
             continue
         ins = [_shape(t, sizes) for t in L.ins]
         g = geo.get(L.name)
         stride = max(g.stride) if g else 1
-        kind = fine_kind(lc.kind, stride, ins, lc.shape)
+        kind = refine_kind(base, stride, ins, lc.shape)
         taps = (1.0, 1.0)
-        if g and kind.startswith(CONV_PREFIXES) and ins and len(ins[0]) == len(lc.shape) == 2 + len(g.kernel):
+        if g and kind.family in CHANNEL_PADDING and ins and len(ins[0]) == len(lc.shape) == 2 + len(g.kernel):
             taps = conv_taps(ins[0][2:], lc.shape[2:], g.kernel, g.stride, g.padding, g.dilation)
-        out.append(LayerSite(i, L.name, kind, lc.kind, taps, False, bool(L.params)))
+        out.append(LayerSite(i, L.name, kind, base, taps, False, bool(L.params)))
     return out
 
 
@@ -161,7 +141,7 @@ def layer_features(site: LayerSite, cm: CostModel, sizes: dict[int, int], block:
     """(LayerCost, MACs, bytes, weight bytes) of one layer under atom sizes (the reference path)."""
     lc = cm.layer(site.index, sizes)
     ins = [_shape(t, sizes) for t in cm.layers[site.index].ins]
-    return (lc, *features(site.kind, ins, lc.shape, lc.macs, lc.bytes, lc.params, cm.dtype_bytes, block,
+    return (lc, *features(site.fine, ins, lc.shape, lc.macs, lc.bytes, lc.params, cm.dtype_bytes, block,
                           site.taps))
 
 
@@ -189,7 +169,7 @@ class _Info:
     site: LayerSite
     fit: Optional[KindFit]  # None for views
     scale: float
-    mac_free: bool
+    mac_free: bool  # no multiply-accumulates: only bytes moved
     active: bool  # False: predicted 0 ms (views, kinds scaled to 0, all-zero fits)
     kappa: float = 0.0  # ms per weight byte streamed from DRAM
 
@@ -247,7 +227,12 @@ def fingerprint(cg: ChannelGraph) -> str:
 
 def _kernels(infos: list[_Info]) -> int:
     """Layers the runtime runs as kernels of their own: costing layers other than norms and element-wise ops."""
-    return sum(1 for i in infos if i.fit is not None and i.site.base not in ("norm", "elementwise"))
+    return sum(1 for i in infos if i.fit is not None and i.site.cost_kind.family not in FUSED_FAMILIES)
+
+
+def _mac_free(kind: KernelKind) -> bool:
+    """A known family without multiply-accumulates (an unknown family's MACs come from its cost formula)."""
+    return kind.known and not kind.has_macs
 
 
 def extra_ms(hot: float, kappa: float, weight_bytes: float, p: float = 2.0) -> float:
@@ -268,6 +253,7 @@ def _compile(infos: list[_Info], cm: CostModel,
             continue
         i, L = info.index, cm.layers[info.index]
         ns[f"_fit{i}"], ns[f"_sc{i}"], ns[f"_cost{i}"], ns[f"_k{i}"] = info.fit, info.scale, L.cost, info.kappa
+        ns[f"_kind{i}"] = info.site.fine
         f = info.fit
         ns[f"_a{i}"], ns[f"_b{i}"], ns[f"_c{i}"], ns[f"_d{i}"] = (f.intercept_ms, f.ms_per_mac, f.ms_per_byte,
                                                                   f.ms_per_weight_byte)
@@ -275,14 +261,14 @@ def _compile(infos: list[_Info], cm: CostModel,
         moved = [_prod_src(t) for t in L.ins] + ([_prod_src(L.out)] if L.out else []) + \
                 [_prod_src(t) for t in L.params]
         nb = f"({' + '.join(moved) or '0'}) * _dt"
-        if info.mac_free and not info.site.kind.startswith(CONV_PREFIXES) and info.fit.model == "linear":
+        if info.mac_free and info.site.fine.family not in CHANNEL_PADDING and info.fit.model == "linear":
             body = [f"    mf, bf, wf = 0.0, float({nb}), float(({params}) * _dt)"]
         else:
             ins = "[" + ", ".join("(" + "".join(_dim_src(d) + ", " for d in t) + ")" for t in L.ins) + "]"
             out = "(" + "".join(_dim_src(d) + ", " for d in L.out) + ")"
             body = [f"    ins = {ins}", f"    out = {out}",
                     "    macs = 0" if info.mac_free else f"    macs = int(_cost{i}(ins, out)[1])",
-                    f"    mf, bf, wf = _features({info.site.kind!r}, ins, out, macs, {nb}, {params}, _dt, _block, "
+                    f"    mf, bf, wf = _features(_kind{i}, ins, out, macs, {nb}, {params}, _dt, _block, "
                     f"{info.site.taps!r})"]
         if info.fit.model == "linear":
             body.append(f"    h = _a{i} + _b{i} * mf + _c{i} * (bf - wf) + _d{i} * wf")
@@ -389,6 +375,7 @@ class LatencyPredictor:
         self.profile = profile if isinstance(profile, DeviceProfile) else DeviceProfile.load(profile)
         self.mode = mode  # "input": the network is fed at the new resolution; "resize": in-graph resize op
         self._compiled: dict[int, tuple[CostModel, _Compiled]] = {}
+        self._materializer = Materializer()  # deeper graphs of depth plans, one rebuild per (model, depths)
 
     def _cost_model(self, cg: Union[ChannelGraph, fx.GraphModule],
                     resolution: Optional[tuple[int, int]]) -> tuple[ChannelGraph, CostModel]:
@@ -401,16 +388,16 @@ class LatencyPredictor:
             if site.view:
                 infos.append(_Info(site, None, 0.0, True, False))
                 continue
-            fit, scale = self.profile.fit(site.kind), hot * self.profile.scale(site.kind)
-            infos.append(_Info(site, fit, scale, site.base in MAC_FREE, scale != 0.0 and not fit.is_zero(),
-                               self.profile.kappa(site.kind)))
+            fit, scale = self.profile.fit(site.fine), hot * self.profile.scale(site.fine)
+            infos.append(_Info(site, fit, scale, _mac_free(site.cost_kind), scale != 0.0 and not fit.is_zero(),
+                               self.profile.kappa(site.fine)))
         return infos
 
-    def _deepened(self, cg: Union[ChannelGraph, fx.GraphModule], plan: ScalingPlan) -> ChannelGraph:
-        """The graph rebuilt with a plan's depths (and widths, resolution), analysed."""
-        from fxscale.api import transform
-        gm = cg.gm if isinstance(cg, ChannelGraph) else cg
-        return analyze(transform(gm, plan, init="reinit", resolution_mode=self.mode))
+    def _deepened(self, cg: Union[ChannelGraph, fx.GraphModule], plan: ScalingPlan
+                  ) -> tuple[ChannelGraph, ScalingPlan]:
+        """The graph rebuilt with a plan's depths (one rebuild per depths) and the plan's rest on it."""
+        cg = cg if isinstance(cg, ChannelGraph) else analyze(cg)
+        return self._materializer(cg, plan, mode=self.mode)
 
     def _kernel_ms(self, infos: list[_Info]) -> float:
         """Calibrated per-kernel cost times the kernels the runtime runs (layers other than norms/element-wise)."""
@@ -428,7 +415,7 @@ class LatencyPredictor:
         """Per-layer predictions (reference path, no generated code); raw: before the whole-model scales."""
         plan = plan or ScalingPlan()
         if getattr(plan, "depths", None):  # new blocks are new layers: predict the rebuilt graph
-            return self.predict_layers(self._deepened(cg, plan), None, raw)
+            return self.predict_layers(*self._deepened(cg, plan), raw)
         cg, cm = self._cost_model(cg, plan.resolution)
         sizes = cm.sizes(plan)
         out, extras = [], []
@@ -454,7 +441,7 @@ class LatencyPredictor:
         """Predicted latency (ms) of the model under a plan (widths and resolution)."""
         plan = plan or ScalingPlan()
         if getattr(plan, "depths", None):
-            return self.predict(self._deepened(cg, plan))
+            return self.predict(*self._deepened(cg, plan))
         rows = self.predict_layers(cg, plan)
         const = self._compile(*self._cost_model(cg, plan.resolution)).constant
         return const + math.fsum(r.ms - r.cold_ms for r in rows) + math.fsum(r.cold_ms for r in rows)
@@ -466,7 +453,7 @@ class LatencyPredictor:
         cold = 0.0
         for r in self.predict_layers(cg, plan, raw=raw):
             cold += r.cold_ms
-            if r.kind not in ZERO_KINDS:
+            if r.kind != str(VIEW):
                 out[r.kind] = out.get(r.kind, 0.0) + r.ms - r.cold_ms
         if cold:
             out[COLD_KIND] = cold
@@ -480,7 +467,8 @@ class LatencyPredictor:
         """Incremental state at one resolution (default: the plan's, else the traced one), starting at `plan`."""
         plan = plan or ScalingPlan()
         if getattr(plan, "depths", None):  # bind the deepened graph (its own groups), at the plan's resolution
-            return self.bind(self._deepened(cg, plan), None)
+            deep, rest = self._deepened(cg, plan)
+            return self.bind(deep, None, rest)
         res = tuple(resolution) if resolution is not None else plan.resolution
         cg, cm = self._cost_model(cg, res)
         sizes = cm.sizes(plan)
@@ -488,5 +476,6 @@ class LatencyPredictor:
         return PredictorState(self._compile(cg, cm), sizes, widths, cm.resolution)
 
 
-__all__ = ["extra_ms", "fingerprint", "Geometry", "LatencyPredictor", "LayerLatency", "LayerSite", "PredictorState", "conv_taps", "features",
-           "fine_kind", "layer_features", "layer_geometry", "layer_sites", "pad_to"]
+__all__ = ["CHANNEL_PADDING", "GEOMETRY", "REFINE", "VIEW", "extra_ms", "fingerprint", "Geometry", "LatencyPredictor",
+           "LayerLatency", "LayerSite", "PredictorState", "conv_taps", "features", "fine_kind", "layer_features",
+           "layer_geometry", "layer_sites", "pad_to", "refine_kind"]

@@ -30,11 +30,12 @@ import torch.fx as fx
 from torch import nn
 
 from fxscale.analysis.graph import ChannelGraph, analyze
-from fxscale.errors import FxscaleError
-from fxscale.hw.devprofile import Calibration, DeviceProfile, ProfileError, fit_calibration, fit_kind, loo_errors
+from fxscale.errors import FxscaleError, ProfileError
+from fxscale.hw.devprofile import FUSED_FAMILIES, Calibration, DeviceProfile, fit_calibration, fit_kind, loo_errors
 from fxscale.hw.kernels import KernelSample, Replay, Residual, X, add_op, draw_sample, kernel_specs
 from fxscale.hw.predictor import LatencyPredictor, fingerprint
 from fxscale.hw.timing import Progress, RoundTimer, use_cpu_clock
+from fxscale.ops.row import KernelKind
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import META
 
@@ -78,18 +79,19 @@ class LayerShape:
     def model(self) -> tuple[nn.Module, tuple[int, ...]]:
         """A one-layer model and its input shape."""
         c, co, s = self.channels, self.out_channels or self.channels, self.size
-        builders: dict[str, Callable[[], nn.Module]] = {
-            "conv": lambda: nn.Conv2d(c, co, self.kernel, self.stride, self.kernel // 2, groups=self.groups,
-                                      bias=False),
-            "pool": lambda: nn.MaxPool2d(self.kernel, self.stride, self.kernel // 2),
-            "norm": lambda: nn.BatchNorm2d(c), "relu": nn.ReLU, "add": lambda: Replay(add_op, (X, X), {}),
+        builders: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
+            "conv": lambda: (nn.Conv2d(c, co, self.kernel, self.stride, self.kernel // 2, groups=self.groups,
+                                       bias=False), (1, c, s, s)),
+            "linear": lambda: (nn.Linear(c, co), (1, c)),
+            "pool": lambda: (nn.MaxPool2d(self.kernel, self.stride, self.kernel // 2), (1, c, s, s)),
+            "norm": lambda: (nn.BatchNorm2d(c), (1, c, s, s)), "relu": lambda: (nn.ReLU(), (1, c, s, s)),
+            "add": lambda: (Replay(add_op, (X, X), {}), (1, c, s, s)),
         }
-        if self.kind == "linear":
-            return nn.Sequential(nn.Linear(c, co)), (1, c)
         if self.kind not in builders:
             raise ProfileError(f"LayerShape kind must be one of conv, linear, pool, norm, relu, add; "
                                f"got {self.kind!r}")
-        return nn.Sequential(builders[self.kind]()), (1, c, s, s)
+        mod, shape = builders[self.kind]()
+        return nn.Sequential(mod), shape
 
 
 @dataclass
@@ -295,7 +297,7 @@ def profile(target: Any, models_or_shapes: Iterable[Any], *, quick: bool = False
     hot = prof.cache.get("c0_bytes", math.inf)
     by_kind: dict[str, list[int]] = {}
     for i, sp in enumerate(specs):
-        by_kind.setdefault(sp.kind, []).append(i)
+        by_kind.setdefault(str(sp.kind), []).append(i)  # grid in the order of the profile's (string) keys
     samples: list[KernelSample] = []
     seen: set = set()
     for kind, idx in sorted(by_kind.items()):
@@ -319,10 +321,10 @@ def profile(target: Any, models_or_shapes: Iterable[Any], *, quick: bool = False
                     new.append(smp)
         _measure(timer, prof, new, s.kernel_budget_ms, f"adaptive {r + 1}")
         samples += new
-    prof.kinds = {kind: fit_kind(kind, [[g.macs_f, g.bytes_f, g.weight_bytes, g.ms] for g in group])
-                  for kind, group in sorted(_group(samples).items())}
+    prof.kinds = {str(kind): fit_kind(str(kind), [[g.macs_f, g.bytes_f, g.weight_bytes, g.ms] for g in group])
+                  for kind, group in sorted(_group(samples).items(), key=lambda kv: str(kv[0]))}
     fusion = _fusion(timer) if convs else {}
-    prof.fusion = {k: v for k, v in fusion.items() if k in ("norm", "elementwise")}
+    prof.fusion = {k: v for k, v in fusion.items() if k in FUSED_FAMILIES}
     prof.overhead_ms = timer.overhead
     prof.calibration = _calibrate(timer, prof, entries, rng, s, calibration)
     prof.meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fxscale_version": _version(),
@@ -344,8 +346,8 @@ def _measure(timer: RoundTimer, prof: DeviceProfile, samples: list[KernelSample]
         smp.model = None  # free the weights
 
 
-def _group(samples: Sequence[KernelSample]) -> dict[str, list[KernelSample]]:
-    out: dict[str, list[KernelSample]] = {}
+def _group(samples: Sequence[KernelSample]) -> dict[Optional[KernelKind], list[KernelSample]]:
+    out: dict[Optional[KernelKind], list[KernelSample]] = {}
     for smp in samples:
         if not math.isnan(smp.ms):
             out.setdefault(smp.kind, []).append(smp)

@@ -5,11 +5,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-import torch.fx as fx
-
 from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.cost import cost_model
 from fxscale.errors import PlanError
+from fxscale.materialize import Materializer
 from fxscale.plan import ScalingPlan
 
 LatencyFn = Callable[[ChannelGraph, ScalingPlan], float]  # predicted ms of cg under plan
@@ -50,6 +49,7 @@ class Evaluator:
     def __init__(self, cg: ChannelGraph, latency: LatencyFn, mode: str = "input") -> None:
         self.cg, self.latency_fn, self.mode = cg, latency, mode
         self._cache: dict[str, tuple[float, int]] = {}
+        self.materializer = Materializer()  # deeper graphs of depth plans, shared with whoever asks (baselines)
 
     def __call__(self, plan: ScalingPlan) -> tuple[float, int]:
         """(predicted latency ms, params) of a plan, memoised by the plan's JSON."""
@@ -65,11 +65,8 @@ class Evaluator:
         return budget.fits(*self(plan))
 
     def _resolve(self, plan: ScalingPlan) -> tuple[ChannelGraph, ScalingPlan]:
-        if not getattr(plan, "depths", None):
-            return self.cg, plan
-        from fxscale.api import transform
-        new: fx.GraphModule = transform(self.cg.gm, plan, init="reinit", resolution_mode=self.mode)
-        return analyze(new), ScalingPlan()
+        """The graph and plan to evaluate: a depth plan's deeper graph (one rebuild per depths) and the rest."""
+        return self.materializer(self.cg, plan, mode=self.mode)
 
 
 def round_width(width: float, divisor: int, align: int = 1) -> int:
