@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 import torch.fx as fx
@@ -14,14 +14,20 @@ from fxscale.passes.channel_map import INITS, build_maps
 from fxscale.passes.depth import plan_depths
 from fxscale.passes.resolution import RESOLUTION_MODES
 from fxscale.passes.scale import scaling_passes
+from fxscale.passes.width import replaced_tensors
 from fxscale.plan import ScalingPlan
 from fxscale.tracing import META, dense_outputs, guard_eval_only
 
 
-def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """Deep copy whose nodes own their fxscale metadata (fx copies node.meta shallowly)."""
-    new = copy.deepcopy(gm)
-    new.meta = copy.deepcopy(gm.meta)
+def copy_graph_module(gm: fx.GraphModule, share: Iterable[torch.Tensor] = ()) -> fx.GraphModule:
+    """Deep copy whose nodes own their fxscale metadata (fx copies node.meta shallowly).
+
+    Tensors in `share` are not copied: only for tensors a pass is about to replace in the copy (the width pass's
+    rebuilt weights), so the copy never holds them once that pass has run.
+    """
+    memo: dict[int, Any] = {id(t): t for t in share}
+    new = copy.deepcopy(gm, memo)
+    new.meta = copy.deepcopy(gm.meta, memo)
     tgm = new.meta[META].get("train_gm")
     for n in list(new.graph.nodes) + (list(tgm.graph.nodes) if tgm is not None else []):
         if META in n.meta:
@@ -59,8 +65,10 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
     maps = build_maps(cg, plan, init, seed=seed, importance=importance) if plan.widths else None
     passes = scaling_passes(cg, maps, tuple(res) if changes_resolution else None, plan.depths or {}, init=init,
                             noise=noise, seed=seed, resolution_mode=resolution_mode)
-    new = copy_graph_module(gm)
-    report = dict(PassManager(passes, context={"cg": cg, "maps": maps})(new).report)
+    new = copy_graph_module(gm, replaced_tensors(cg, maps, gm) if maps is not None else ())
+    # the final static check names layers by their analysed paths, which a depth pass renumbers
+    context = {"cg": cg, "maps": maps} if not plan.depths else {}
+    report = dict(PassManager(passes, context=context)(new).report)
     new.meta[META]["transform"] = {"plan": plan.to_json(), "init": init, **{k: v for k, v in report.items()}}
     new.train(gm.training)
     return new

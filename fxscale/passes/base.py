@@ -80,15 +80,17 @@ class PassManager:
         from fxscale.passes.verify import RULES, run_rules
         report: dict[str, Any] = {}
         modified = False
+        dirty = True  # the caller may hand over a graph it edited
         for p in self.passes:
             result = p(gm)
             gm = result.graph_module
             if result.modified:
                 cleanup(gm)
-                modified = True
+                modified, dirty = True, False
                 if result.report:
                     report[p.name] = dict(result.report)
-        cleanup(gm)
+        if dirty:
+            cleanup(gm)
         run_rules(gm, self.rules if self.rules is not None else RULES, self.context)
         return PassResult(gm, modified, report)
 

@@ -1,7 +1,7 @@
 """The one channel-mapping mechanism: per index class, new channel j comes from old channel idx[j] (-1 = fresh)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import torch
@@ -19,9 +19,16 @@ class ChannelMaps:
 
     sizes: dict[int, int]  # leaf atom -> new size
     maps: dict[int, torch.Tensor]  # identity root -> LongTensor[new size] of old channels (-1: fresh)
+    _index: dict = field(default_factory=dict, repr=False, compare=False)  # label -> (index, counts), this plan's
 
     def index(self, cg: ChannelGraph, label: Label) -> tuple[torch.Tensor, torch.Tensor]:
-        """Old element index (-1 fresh) and replica count for every new element of a label."""
+        """Old element index (-1 fresh) and replica count for every new element of a label (computed once)."""
+        hit = self._index.get(label)
+        if hit is None:
+            hit = self._index[label] = self._compute_index(cg, label)
+        return hit
+
+    def _compute_index(self, cg: ChannelGraph, label: Label) -> tuple[torch.Tensor, torch.Tensor]:
         at = cg.ctx.atoms
         idxs, cnts, off = [], [], 0
         for p in at.expand(label):

@@ -29,6 +29,11 @@ class WidthPass(Pass):
         report = width_pass(self.cg, self.maps, gm, self.init, noise=self.noise, seed=self.seed)
         return PassResult(gm, any(report.values()), report)
 
+    def ensures(self, gm: fx.GraphModule) -> None:
+        """The static parameter-shape rule, right after the rebuild (a later depth pass renames block paths)."""
+        from fxscale.passes.verify import RULES, run_rules
+        run_rules(gm, [r for r in RULES if r.name == "param_shapes"], {"cg": self.cg, "maps": self.maps})
+
 
 @dataclass
 class ResolutionPass(Pass):

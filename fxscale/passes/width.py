@@ -185,6 +185,28 @@ def rewrite_literals(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule) ->
     return count
 
 
+def replaced_tensors(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule) -> list[torch.Tensor]:
+    """The tensors of `gm` the width pass will replace (every tensor of a rebuilt module or parameter), when each
+    has a single owner: a copy of `gm` may share them instead of copying weights it throws away."""
+    tgm = gm.meta.get("fxscale", {}).get("train_gm")
+    seen: dict[int, int] = {}
+    for g in (gm, tgm) if tgm is not None else (gm,):
+        for _n, t in list(g.named_parameters(remove_duplicate=False)) + list(g.named_buffers(remove_duplicate=False)):
+            seen[id(t)] = seen.get(id(t), 0) + 1
+    out = []
+    for use in cg.ctx.uses.values():
+        labels = [lab for dims in use.params.values() for lab, _m in dims.values()]
+        if not any(maps.changed(cg, lab) for lab in labels):
+            continue
+        owner = gm if _has(gm, use.name) or tgm is None else tgm
+        for pname in use.params:
+            t = _get(owner, f"{use.name}.{pname}" if pname else use.name)
+            shared_with_train = tgm is not None and owner is gm and seen.get(id(t)) == 2 and _has(tgm, use.name)
+            if isinstance(t, torch.Tensor) and (seen.get(id(t)) == 1 or shared_with_train):
+                out.append(t)
+    return out
+
+
 def width_pass(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, init: str, noise: float = 0.0,
                seed: int = 0) -> dict[str, int]:
     """Apply new widths to `gm` (a copy of cg.gm) in place; returns counts of rebuilt things."""
@@ -197,10 +219,7 @@ def width_pass(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, init: st
             params += rebuild_param(cg, maps, owner, use, init)
         else:
             mods += rebuild_module(cg, maps, owner, use, init, noise, gen)
-    lits = rewrite_literals(cg, maps, gm)
-    for g in (gm, tgm) if tgm is not None else (gm,):
-        g.graph.lint()
-        g.recompile()
+    lits = rewrite_literals(cg, maps, gm)  # the PassManager lints and recompiles both graphs after the pass
     if tgm is not None:
         from fxscale.tracing import share_modules
         share_modules(gm, tgm)
