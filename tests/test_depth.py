@@ -353,3 +353,43 @@ def test_deeper_model_exports_to_onnx(tmp_path):
     gm = _traced(create_model("digits_resnet"), x)
     new = _deeper(gm, {"stages.1": 3})
     fxscale.export_onnx(new, str(tmp_path / "deep.onnx"), x)
+
+
+class _InplaceRes(nn.Module):
+    """A BasicBlock-like residual block whose residual add is written as `form`, with or without a ReLU after it."""
+
+    def __init__(self, c: int, form: str, relu: bool = True) -> None:
+        super().__init__()
+        self.form, self.post = form, relu
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        identity = x
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        if self.form == "+":
+            out = out + identity
+        elif self.form == "+=":
+            out += identity
+        else:  # bare in-place: fx records later reads of `out` as reads of bn2, which the add_ node wrote
+            out.add_(identity)
+        return self.relu(out) if self.post else out
+
+
+@pytest.mark.parametrize("form, relu", [("+=", True), ("add_", True), ("add_", False)])
+def test_in_place_residual_add_is_recognised_like_an_add(form, relu):
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    runs = {}
+    for f in ("+", form):
+        torch.manual_seed(0)
+        gm = _traced(_Blocks(_InplaceRes(8, f, relu), _InplaceRes(8, f, relu)), x)
+        new = _deeper(gm, {"stage": 4})
+        with torch.no_grad():
+            assert _rel_err(gm(x), new(x)) < 1e-5
+        if f == "add_":  # the in-place node is really there, in the block and in each copy
+            assert sum(n.op == "call_method" and n.target == "add_" for n in new.graph.nodes) == 4
+        runs[f] = (stage_keys(gm), new.meta["fxscale"]["transform"]["depth"]["blocks"], list(new.state_dict()))
+    assert runs[form] == runs["+"]
+    assert runs[form][1]["stage"]["identity"] == ("residual: zeroed the last norm stage.1.bn2 "
+                                                  "(BatchNorm2d gamma and beta)")

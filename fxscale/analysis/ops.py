@@ -132,11 +132,38 @@ def expand(ctx: Ctx, node: fx.Node) -> Any:
     return out
 
 
+def _sequence_labels(ctx: Ctx, tensors: Any) -> Any:
+    """Per-tensor labels of a cat/stack operand: a list of nodes, or one node holding a tuple (split output).
+
+    None when any tensor's layout is unknown.
+    """
+    labs = list(ctx.lab(tensors) or ()) if isinstance(tensors, fx.Node) else [ctx.lab(t) for t in tensors]
+    return labs if labs and all(isinstance(lab, list) for lab in labs) else None
+
+
+def repeat(ctx: Ctx, node: fx.Node) -> Any:
+    """x.repeat(*counts): dims repeated once keep their labels; a channel dim tiled k > 1 times is frozen."""
+    labels = ctx.lab(node.args[0])
+    counts = node.args[1:]
+    if len(counts) == 1 and isinstance(counts[0], (list, tuple)):
+        counts = counts[0]
+    out: list = [None] * (len(counts) - len(labels))
+    for lab, k in zip(labels, counts[len(counts) - len(labels):]):
+        if k == 1:
+            out.append(lab)
+            continue
+        if lab is not None:
+            ctx.atoms.freeze(lab, f"node {node.name}: repeat tiles a channel dim")
+        out.append(None)
+    return out
+
+
 def cat(ctx: Ctx, node: fx.Node) -> Any:
     """torch.cat along a dim: concatenation of channel labels; other dims tied."""
-    tensors = _arg(node, 0, "tensors")
+    labs = _sequence_labels(ctx, _arg(node, 0, "tensors"))
+    if labs is None:
+        return unknown(ctx, node)
     d = _arg(node, 1, "dim", 0)
-    labs = [ctx.lab(t) for t in tensors]
     nd = len(ctx.shape(node))
     d = _dim(d, nd)
     out = list(labs[0])
@@ -164,9 +191,10 @@ def _tie_or_keep(ctx: Ctx, node: fx.Node, a: Any, b: Any) -> Any:
 
 def stack(ctx: Ctx, node: fx.Node) -> Any:
     """torch.stack: a new unlabelled dim, every other dim tied."""
-    tensors = _arg(node, 0, "tensors")
+    labs = _sequence_labels(ctx, _arg(node, 0, "tensors"))
+    if labs is None:
+        return unknown(ctx, node)
     d = _dim(_arg(node, 1, "dim", 0), len(ctx.shape(node)))
-    labs = [ctx.lab(t) for t in tensors]
     out = list(labs[0])
     for lab in labs[1:]:
         out = [_tie_or_keep(ctx, node, a, b) for a, b in zip(out, lab)]
@@ -380,5 +408,5 @@ def ignore(ctx: Ctx, node: fx.Node) -> Any:
 
 __all__ = ["elementwise", "passthrough", "spatial_fn", "reduce_dims", "permute", "transpose", "movedim", "flatten_fn",
            "view_like", "squeeze_unsqueeze", "expand", "cat", "stack", "split", "getitem", "matmul", "layer_norm_fn",
-           "unknown", "ignore", "size_of", "matmul_cost", "linear_fn_cost", "conv_fn_cost", "sdpa_cost", "einsum_cost",
+           "unknown", "ignore", "size_of", "repeat", "matmul_cost", "linear_fn_cost", "conv_fn_cost", "sdpa_cost", "einsum_cost",
            "window_attention_cost"]

@@ -7,6 +7,7 @@ timm's registry style. Anything not in the table has no rule: its operands and o
 from __future__ import annotations
 
 import fnmatch
+import math
 import operator
 from typing import Any, Iterable, Mapping, Optional
 
@@ -17,15 +18,17 @@ from torch import nn
 
 from fxscale.analysis import layers as L
 from fxscale.analysis import ops as O
-from fxscale.ops.row import OpRow
+from fxscale.ops.row import Interval, OpRow
 
-_ACT_ZERO = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-             nn.Tanh, nn.Hardswish, nn.Hardtanh, nn.Softsign, nn.Tanhshrink)
-_ACT_OTHER = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.Softmax, nn.LogSoftmax)
+_ACT_ZERO = (nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Hardswish,
+             nn.Softsign, nn.Tanhshrink)
+_ACT_OTHER = (nn.Softplus, nn.Softmax, nn.LogSoftmax)
 _POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                 nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d,
-                 nn.ReflectionPad2d, nn.ReplicationPad2d)
+                 nn.AdaptiveMaxPool2d)
+# zero-keeping spatial resamplers that are not max/mean pools (bicubic overshoots, zero padding adds zeros)
+_RESAMPLE_MODULES = (nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d,
+                     nn.ReflectionPad2d, nn.ReplicationPad2d)
 _NORM_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
             nn.SyncBatchNorm)
 _POOL_FNS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool1d,
@@ -42,6 +45,21 @@ def _f(name: str, keys: Iterable[Any], rule: Any, **kw: Any) -> OpRow:
 
 def _meth(name: str, keys: Iterable[str], rule: Any, **kw: Any) -> OpRow:
     return OpRow(name, "method", tuple(keys), rule, **kw)
+
+
+_ALL: Interval = (-math.inf, math.inf)  # identity_on of identities, dropout, contiguous, reshapes
+_RELU: Interval = (0.0, math.inf)
+_UNIT: Interval = (0.0, 1.0)
+
+
+def _hardtanh_module(m: nn.Hardtanh) -> Interval:
+    return (float(m.min_val), float(m.max_val))
+
+
+def _hardtanh_call(n: fx.Node) -> Interval:
+    lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min_val", -1.0)
+    hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max_val", 1.0)
+    return (float(lo), float(hi))
 
 
 def _no_rule(name: str, keys: Iterable[Any], cost: Any, kind: str) -> OpRow:
@@ -61,12 +79,16 @@ ROWS: list[OpRow] = [
     _m("groupnorm", (nn.GroupNorm,), L.groupnorm, kind="norm", patch=L.patch_groupnorm),
     _m("layernorm", (nn.LayerNorm,), L.layernorm, kind="norm", patch=L.patch_layernorm),
     _m("mha", (nn.MultiheadAttention,), L.mha, cost=L.mha_cost, kind="attention", patch=L.patch_mha),
-    _m("flatten_module", (nn.Flatten,), L.flatten_module, spatial="view", **_SAME),
-    _m("identity_module", (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout),
-       L.unary, **_SAME),
+    _m("flatten_module", (nn.Flatten,), L.flatten_module, spatial="view", identity_on=_ALL, **_SAME),
+    _m("identity_module", (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                           nn.FeatureAlphaDropout), L.unary, identity_on=_ALL, **_SAME),
+    _m("relu", (nn.ReLU,), L.unary, kind="elementwise", zero=True, identity_on=_RELU),
+    _m("hardtanh", (nn.Hardtanh, nn.ReLU6), L.unary, kind="elementwise", zero=True, identity_on=_hardtanh_module),
     _m("activation_zero", _ACT_ZERO, L.unary, kind="elementwise", zero=True),
+    _m("sigmoid", (nn.Sigmoid, nn.Hardsigmoid), L.unary, kind="elementwise", bounds=_UNIT),
     _m("activation", _ACT_OTHER, L.unary, kind="elementwise"),
     _m("pool_module", _POOL_MODULES, L.spatial, kind="pool", zero=True, spatial="pool"),
+    _m("resample_module", _RESAMPLE_MODULES, L.spatial, kind="pool", zero=True, spatial="pool"),
     _m("pad_module", (nn.ConstantPad2d,), L.spatial, kind="pool", spatial="pool"),
     # ---- functions --------------------------------------------------------------------------------------------
     _f("add", (operator.add, operator.iadd, torch.add), O.elementwise, kind="elementwise", arith="add"),
@@ -77,18 +99,23 @@ ROWS: list[OpRow] = [
     _f("minmax", (torch.maximum, torch.minimum), O.elementwise, kind="elementwise", arith="max"),
     _f("where", (torch.where,), O.elementwise, kind="elementwise", arith="where"),
     _f("clamp", (torch.clamp,), O.elementwise, kind="elementwise", arith="clamp"),
-    _f("unary_zero", (F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.elu, F.leaky_relu, F.mish, F.hardtanh,
-                      torch.relu, torch.tanh, F.tanh, torch.abs, torch.neg, operator.neg, torch.sqrt, F.normalize),
-       O.passthrough, kind="elementwise", zero=True),
-    _f("dropout", (F.dropout, F.dropout2d), O.passthrough, kind="elementwise", zero=True, layout=True),
-    _f("unary", (F.hardsigmoid, F.sigmoid, torch.sigmoid, F.softmax, F.log_softmax, torch.softmax, torch.exp,
-                 torch.rsqrt), O.passthrough, kind="elementwise"),
+    _f("relu_fn", (F.relu, torch.relu, torch.relu_), O.passthrough, kind="elementwise", zero=True, identity_on=_RELU),
+    _f("relu6_fn", (F.relu6,), O.passthrough, kind="elementwise", zero=True, identity_on=(0.0, 6.0)),
+    _f("hardtanh_fn", (F.hardtanh,), O.passthrough, kind="elementwise", zero=True, identity_on=_hardtanh_call),
+    _f("unary_zero", (F.gelu, F.silu, F.hardswish, F.elu, F.leaky_relu, F.mish, torch.tanh, F.tanh, torch.abs,
+                      torch.neg, operator.neg, torch.sqrt, F.normalize), O.passthrough, kind="elementwise", zero=True),
+    _f("dropout", (F.dropout, F.dropout2d), O.passthrough, kind="elementwise", zero=True, layout=True,
+       identity_on=_ALL),
+    _f("sigmoid_fn", (F.hardsigmoid, F.sigmoid, torch.sigmoid), O.passthrough, kind="elementwise", bounds=_UNIT),
+    _f("unary", (F.softmax, F.log_softmax, torch.softmax, torch.exp, torch.rsqrt), O.passthrough, kind="elementwise"),
     _f("pool", _POOL_FNS, O.spatial_fn, kind="pool", zero=True, spatial="pool"),
     _f("interpolate", (F.interpolate,), O.spatial_fn, kind="resize", zero=True, spatial="pool"),
     _f("pad", (F.pad,), O.spatial_fn, kind="elementwise", spatial="pool"),
     _f("getitem", (operator.getitem,), O.getitem, spatial="view", **_SAME),
-    _f("reshape", (torch.flatten, torch.reshape), O.view_like, spatial="view", **_SAME),
-    _f("squeeze", (torch.squeeze, torch.unsqueeze), O.squeeze_unsqueeze, spatial="view", **_SAME),
+    _f("flatten", (torch.flatten,), O.flatten_fn, spatial="view", identity_on=_ALL, **_SAME),
+    _f("reshape", (torch.reshape,), O.view_like, spatial="view", identity_on=_ALL, **_SAME),
+    _f("squeeze", (torch.squeeze,), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
+    _f("unsqueeze", (torch.unsqueeze,), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
     _f("permute", (torch.permute,), O.permute, **_SAME),
     _f("transpose", (torch.transpose, torch.swapaxes), O.transpose, **_SAME),
     _f("movedim", (torch.movedim,), O.movedim, **_SAME),
@@ -100,7 +127,9 @@ ROWS: list[OpRow] = [
        kind="matmul", zero=True),
     _f("layer_norm_fn", (F.layer_norm,), O.layer_norm_fn, kind="norm"),
     _f("size", (getattr,), O.size_of, kind="view", spatial="none"),
-    _f("scalar", (torch._assert, operator.floordiv, operator.eq, len), O.ignore, kind="view", spatial="none"),
+    _f("floordiv", (operator.floordiv,), O.ignore, kind="view", spatial="none"),
+    _f("compare", (operator.eq,), O.ignore, kind="view", spatial="none"),
+    _f("scalar", (torch._assert, len), O.ignore, kind="view", spatial="none"),
     _no_rule("linear_fn", (F.linear,), O.linear_fn_cost, "linear"),
     _no_rule("conv_fn", (F.conv1d, F.conv2d, F.conv3d), O.conv_fn_cost, "conv"),
     _no_rule("sdpa", (F.scaled_dot_product_attention,), O.sdpa_cost, "attention"),
@@ -115,20 +144,24 @@ ROWS: list[OpRow] = [
     _meth("where_m", ("where", "masked_fill"), O.elementwise, kind="elementwise", arith="where"),
     _meth("clamp_m", ("clamp", "clamp_min", "clamp_max"), O.elementwise, kind="elementwise", arith="clamp"),
     _meth("expand_as", ("expand_as",), O.elementwise, kind="view", arith="expand", zero=True),
-    _meth("unary_zero_m", ("relu", "relu_", "tanh", "abs", "abs_", "neg", "sqrt", "hardswish", "gelu"),
-          O.passthrough, kind="elementwise", zero=True),
-    _meth("unary_m", ("sigmoid", "sigmoid_", "exp", "softmax"), O.passthrough, kind="elementwise"),
+    _meth("relu_m", ("relu", "relu_"), O.passthrough, kind="elementwise", zero=True, identity_on=_RELU),
+    _meth("unary_zero_m", ("tanh", "abs", "abs_", "neg", "sqrt"), O.passthrough, kind="elementwise", zero=True),
+    _meth("sigmoid_m", ("sigmoid", "sigmoid_"), O.passthrough, kind="elementwise", bounds=_UNIT),
+    _meth("unary_m", ("exp", "softmax"), O.passthrough, kind="elementwise"),
     _meth("copy_m", ("clone", "float", "half", "bfloat16", "to", "type", "type_as", "detach"), O.passthrough,
           kind="elementwise", zero=True, layout=True),
-    _meth("contiguous", ("contiguous",), O.passthrough, **_SAME),
-    _meth("reshape_m", ("view", "reshape", "flatten"), O.view_like, spatial="view", **_SAME),
-    _meth("squeeze_m", ("squeeze", "unsqueeze"), O.squeeze_unsqueeze, spatial="view", **_SAME),
+    _meth("contiguous", ("contiguous",), O.passthrough, identity_on=_ALL, **_SAME),
+    _meth("flatten_m", ("flatten",), O.flatten_fn, spatial="view", identity_on=_ALL, **_SAME),
+    _meth("reshape_m", ("view", "reshape"), O.view_like, spatial="view", identity_on=_ALL, **_SAME),
+    _meth("squeeze_m", ("squeeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
+    _meth("unsqueeze_m", ("unsqueeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
     _meth("permute_m", ("permute",), O.permute, **_SAME),
     _meth("transpose_m", ("transpose", "swapaxes"), O.transpose, **_SAME),
     _meth("movedim_m", ("movedim",), O.movedim, **_SAME),
     _meth("reduce_m", ("mean", "sum", "amax"), O.reduce_dims, kind="reduce", zero=True, spatial="pool"),
     _meth("split_m", ("split", "chunk", "unbind"), O.split, **_SAME),
-    _meth("expand", ("expand", "repeat"), O.expand, spatial="view", **_SAME),
+    _meth("expand", ("expand",), O.expand, spatial="view", **_SAME),
+    _meth("repeat", ("repeat",), O.repeat, spatial="view", **_SAME),
     _meth("size_m", ("size",), O.size_of, kind="view", spatial="none"),
     _meth("dim_m", ("dim",), O.ignore, kind="view", spatial="none"),
     _meth("matmul_m", ("matmul",), O.matmul, cost=O.matmul_cost, kind="matmul", zero=True),
