@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from fxscale.errors import FxscaleError
+from fxscale.ops.table import module_row
 
 REPRESENTATIVE_SLICE = (
     "resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "shufflenet_v2_x1_0", "squeezenet1_1",
@@ -225,14 +226,17 @@ def model_from_string(spec: str) -> nn.Module:
     return model
 
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # BatchNorm* and InstanceNorm*
+def _is_norm(module: nn.Module) -> bool:
+    """BatchNorm*, InstanceNorm*, GroupNorm, LayerNorm: the op table's norm rows."""
+    row = module_row(module)
+    return row is not None and row.kind == "norm"
 
 
 def _reinit_(module: nn.Module, name: str, t: torch.Tensor, gen: torch.Generator) -> None:
     """Re-initialise one parameter or BN statistic of ``module`` in place."""
     if name == "running_mean" or name.endswith("bias"):
         t.normal_(0.0, 0.1, generator=gen)
-    elif name == "running_var" or isinstance(module, _NORMS):
+    elif name == "running_var" or _is_norm(module):
         t.uniform_(0.5, 1.5, generator=gen)
     elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
         t.normal_(0.0, math.sqrt(2.0 / t[0].numel()), generator=gen)  # He: the input signal survives depth

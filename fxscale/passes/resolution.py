@@ -11,11 +11,18 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from fxscale.errors import PlanError, TraceError
-from fxscale.tracing import META, dense_outputs, infer_shapes, leaf_at
-
+from fxscale.ops.table import node_row
 from fxscale.passes.spatial_constants import (  # noqa: F401 - re-exported
-    _shapes_from_solver, _solve, _Unsupported, _with_nearby, apply_spatial_constants, resample_position_embedding,
-    resample_spatial_map, solve_spatial_constants)
+    _shapes_from_solver,
+    _solve,
+    _Unsupported,
+    _with_nearby,
+    apply_spatial_constants,
+    resample_position_embedding,
+    resample_spatial_map,
+    solve_spatial_constants,
+)
+from fxscale.tracing import META, dense_outputs, infer_shapes, leaf_at
 
 RESOLUTION_MODES = ("resize", "input")
 
@@ -36,11 +43,13 @@ def insert_resize(gm: fx.GraphModule, size: tuple[int, int], original: tuple[int
     return r
 
 
-_FLATTENS = {torch.flatten, "flatten", "view", "reshape", torch.reshape}
+_FLATTEN_ROWS = frozenset({"flatten", "flatten_m", "reshape", "reshape_m"})  # op-table rows of flatten/view/reshape
 
 
 def _is_flatten(n: fx.Node) -> bool:
-    return n.op in ("call_function", "call_method") and n.target in _FLATTENS
+    """A flatten/view/reshape call (the op table's reshape rows)."""
+    row = node_row(n)
+    return row is not None and row.name in _FLATTEN_ROWS
 
 
 def pool_before_flattens(gm: fx.GraphModule) -> list[fx.Node]:
