@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).parent / "fixtures" / "fakes"
 RUNNER = ROOT / "benchmarks" / "jetson" / "runner.py"
 PARSER = ROOT / "fxscale" / "hw" / "trtparse.py"
+TEGRA = ROOT / "fxscale" / "hw" / "tegrastats.py"
 PY36_STDLIB = {"argparse", "io", "json", "os", "platform", "re", "shutil", "subprocess", "sys", "tempfile",
                "threading", "time", "trtparse"}
 
@@ -208,13 +209,18 @@ def _py36_problems(path: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", [PARSER, RUNNER], ids=["trtparse", "runner"])
+@pytest.mark.parametrize("path", [PARSER, TEGRA, RUNNER], ids=["trtparse", "tegrastats", "runner"])
 def test_py36_compatible(path):
     problems = _py36_problems(path)
     if path == RUNNER:  # the only fxscale import is the checkout fallback after `import trtparse` fails
         assert "except ImportError:  # running from a source checkout with fxscale installed\n" \
                "    from fxscale.hw import trtparse\n" in path.read_text()
         problems.remove("import fxscale.hw")
+    if path == PARSER:  # inside the package it imports its sibling; on the board the flat copy
+        assert "except ImportError:  # the flat copy next to runner.py on a board\n" \
+               "    from tegrastats import (" in path.read_text()
+        problems.remove("import fxscale.hw.tegrastats")
+        problems.remove("import tegrastats")  # the bundled sibling, stdlib only (checked above)
     assert problems == []
 
 
@@ -233,8 +239,19 @@ def test_py36_checker_catches_problems(tmp_path):
 # ---------------------------------------------------------------------------------------------- bundle
 def test_bundle_writes_single_copies(tmp_path):
     written = jetson.bundle(tmp_path / "b")
-    assert [p.name for p in written] == ["trtparse.py", "runner.py"]
-    assert written[0].read_bytes() == PARSER.read_bytes() and written[1].read_bytes() == RUNNER.read_bytes()
-    assert os.access(written[1], os.X_OK)
+    assert [p.name for p in written] == ["trtparse.py", "tegrastats.py", "runner.py"]
+    assert [p.read_bytes() for p in written] == [PARSER.read_bytes(), TEGRA.read_bytes(), RUNNER.read_bytes()]
+    assert os.access(written[2], os.X_OK)
     assert "def parse_trtexec_log" not in RUNNER.read_text()  # the parser lives only in trtparse.py
     assert trtparse.__file__ == str(PARSER)
+
+
+def test_bundle_parses_power_without_fxscale(tmp_path):
+    """The flat bundle imports on a board's bare Python: no site-packages, so no fxscale to fall back on."""
+    folder = tmp_path / "b"
+    jetson.bundle(folder)
+    line = "RAM 2000/7850MB GR3D_FREQ 50%@1300 VDD_IN 5000/4900 VDD_CPU_GPU_CV 1200/1100"
+    code = ("import trtparse, sys; assert 'fxscale' not in sys.modules; "
+            f"print(trtparse.board_power_mw(trtparse.parse_tegrastats_line({line!r})))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=folder, capture_output=True, text=True, check=True)
+    assert float(out.stdout) == 5000.0

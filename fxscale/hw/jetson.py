@@ -1,4 +1,4 @@
-"""Ship the on-device benchmark: copy `trtparse.py` and `runner.py` into one folder for a Jetson board."""
+"""Ship the on-device benchmark: copy `trtparse.py`, `tegrastats.py` and `runner.py` into one folder for a board."""
 from __future__ import annotations
 
 import shutil
@@ -6,18 +6,18 @@ from pathlib import Path
 
 from fxscale.errors import TargetError
 
-PARSER = Path(__file__).resolve().with_name("trtparse.py")
+PARSERS = (Path(__file__).resolve().with_name("trtparse.py"), Path(__file__).resolve().with_name("tegrastats.py"))
 RUNNER = Path(__file__).resolve().parents[2] / "benchmarks" / "jetson" / "runner.py"
 
 
 def bundle(dest: str | Path) -> list[Path]:
-    """Write trtparse.py + runner.py into `dest` (created); copy that folder to the board and run runner.py."""
+    """Write trtparse.py, tegrastats.py and runner.py into `dest` (created); copy it to the board, run runner.py."""
     if not RUNNER.is_file():
         raise TargetError(f"{RUNNER} not found: bundle() needs a source checkout of fxscale (benchmarks/jetson)")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    for src in (PARSER, RUNNER):
+    for src in (*PARSERS, RUNNER):
         target = dest / src.name
         shutil.copyfile(src, target)
         target.chmod(0o755 if src is RUNNER else 0o644)
