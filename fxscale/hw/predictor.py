@@ -28,9 +28,9 @@ from fxscale.hw.devprofile import (COLD_KIND, FUSED_FAMILIES, KERNEL_KIND, KERNE
                                    as_kind)
 from fxscale.materialize import Materializer
 from fxscale.hw.kernels import GEOMETRY, Geometry, conv_taps, layer_geometry  # noqa: F401 - re-exported
+from fxscale.hw.latency import fingerprint
 from fxscale.ops.row import KernelKind
 from fxscale.plan import ScalingPlan
-from fxscale.tracing import META
 
 VIEW = KernelKind("view")  # the fine kind of every view layer (no kernel runs)
 Ratios = tuple[float, float, float, float]  # padding factors of input bytes, output bytes, weight bytes, MACs
@@ -208,21 +208,6 @@ def _prod_src(t: list) -> str:
     const = math.prod(d for d in t if isinstance(d, int))
     labs = [_dim_src(d) for d in t if not isinstance(d, int)]
     return " * ".join(([str(const)] if const != 1 or not labs else []) + labs)
-
-
-def fingerprint(cg: ChannelGraph) -> str:
-    """Width-independent identity of a traced model (ops, targets, traced input shape) for per-model calibration."""
-    fp = cg.__dict__.get("_latency_fingerprint")
-    if fp is None:
-        import hashlib
-        mods = dict(cg.gm.named_modules())
-        parts = [str(cg.gm.meta.get(META, {}).get("input_shapes"))]
-        for n in cg.gm.graph.nodes:
-            t = type(mods[n.target]).__name__ if n.op == "call_module" else getattr(n.target, "__name__", n.target)
-            parts.append(f"{n.name}:{n.op}:{t}")
-        fp = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
-        cg.__dict__["_latency_fingerprint"] = fp
-    return fp
 
 
 def _kernels(infos: list[_Info]) -> int:
@@ -446,6 +431,10 @@ class LatencyPredictor:
         const = self._compile(*self._cost_model(cg, plan.resolution)).constant
         return const + math.fsum(r.ms - r.cold_ms for r in rows) + math.fsum(r.cold_ms for r in rows)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description: the profile file it was loaded from (None for an in-memory profile)."""
+        return {"kind": "device profile", "path": self.profile.source}
+
     def by_kind(self, cg: Union[ChannelGraph, fx.GraphModule], plan: Optional[ScalingPlan] = None,
                 raw: bool = False) -> dict[str, float]:
         """Summed layer predictions (ms) per kind plus the DRAM term; raw: before the whole-model scales."""
@@ -462,13 +451,22 @@ class LatencyPredictor:
                 cg, (plan or ScalingPlan()).resolution)).infos)
         return out
 
-    def bind(self, cg: Union[ChannelGraph, fx.GraphModule], resolution: Optional[tuple[int, int]] = None,
-             plan: Optional[ScalingPlan] = None) -> PredictorState:
-        """Incremental state at one resolution (default: the plan's, else the traced one), starting at `plan`."""
+    def bind(self, cg: Union[ChannelGraph, fx.GraphModule], plan: Union[ScalingPlan, tuple[int, int], None] = None,
+             start: Optional[ScalingPlan] = None) -> PredictorState:
+        """LatencyModel.bind: incremental state at `plan`'s resolution (else the traced one), starting at `plan`.
+
+        The older form bind(cg, resolution[, plan]), a resolution or None second, still binds at that resolution.
+        """
+        if isinstance(plan, ScalingPlan):
+            return self._bind(cg, None, plan)
+        return self._bind(cg, plan, start)
+
+    def _bind(self, cg: Union[ChannelGraph, fx.GraphModule], resolution: Optional[tuple[int, int]],
+              plan: Optional[ScalingPlan]) -> PredictorState:
         plan = plan or ScalingPlan()
         if getattr(plan, "depths", None):  # bind the deepened graph (its own groups), at the plan's resolution
             deep, rest = self._deepened(cg, plan)
-            return self.bind(deep, None, rest)
+            return self._bind(deep, None, rest)
         res = tuple(resolution) if resolution is not None else plan.resolution
         cg, cm = self._cost_model(cg, res)
         sizes = cm.sizes(plan)

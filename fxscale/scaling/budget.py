@@ -11,7 +11,7 @@ from fxscale.errors import PlanError
 from fxscale.materialize import Materializer
 from fxscale.plan import ScalingPlan
 
-LatencyFn = Callable[[ChannelGraph, ScalingPlan], float]  # predicted ms of cg under plan
+LatencyFn = Callable[[ChannelGraph, ScalingPlan], float]  # predicted ms of cg under plan: a LatencyModel.predict
 
 
 def parse_budget(value: Union[str, float, None], baseline: float, what: str) -> Optional[float]:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from fxscale.analysis.graph import ChannelGraph
 from fxscale.cost import cost_model
 from fxscale.errors import FxscaleError
+from fxscale.hw.latency import BoundLatency
 from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import Budget
 from fxscale.scaling.powerlaw import ImportancePredictor
@@ -15,18 +16,7 @@ from fxscale.scaling.powerlaw import ImportancePredictor
 RULES = ("paper", "cost")
 
 
-class IncrementalLatency(Protocol):
-    """Predicted latency that updates one group at a time (fxscale.hw.predictor states satisfy it)."""
-
-    total: float
-
-    def peek(self, group: str, width: int) -> float:
-        """Predicted total latency (ms) if `group` had `width`, without committing."""
-        ...
-
-    def set_width(self, group: str, width: int) -> float:
-        """Commit a width; return the new total (ms)."""
-        ...
+IncrementalLatency = BoundLatency  # the former name of the bound-state protocol
 
 
 class _LayerSum:
@@ -64,7 +54,7 @@ class ParamTracker(_LayerSum):
 
 
 class CostLatency(_LayerSum):
-    """An analytic incremental latency model: c0 + sum over layers of (c_mac*MACs + c_byte*bytes)."""
+    """The analytic model's BoundLatency: c0 + sum over layers of (c_mac*MACs + c_byte*bytes)."""
 
     def __init__(self, cg: ChannelGraph, plan: ScalingPlan, c_mac: float = 1e-6, c_byte: float = 0.0,
                  c0: float = 0.0, mode: str = "input") -> None:
@@ -106,7 +96,7 @@ def _next_width(width: int, stride: int, divisor: int, align: int) -> int:
     return -(-(width + stride) // q) * q
 
 
-def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, latency: IncrementalLatency,
+def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, latency: BoundLatency,
                             budget: Budget, *, start: Optional[ScalingPlan] = None, stride: int = 10,
                             rule: str = "paper", align: int = 1, max_steps: int = 100_000, mode: str = "input",
                             params: Optional[ParamTracker] = None,
@@ -116,7 +106,7 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
     rule="paper": the group with the highest predicted importance a*C^b; the loop stops at the first step that
     would break a budget (as in the paper). rule="cost": the group with the highest predicted importance gain
     per unit of added latency; groups that no longer fit are skipped and the loop goes on until none fits.
-    `latency` must be bound to the `start` plan (its resolution and widths).
+    `latency` is any LatencyModel's bind(cg, start): bound to the `start` plan (its resolution and widths).
     """
     if rule not in RULES:
         raise FxscaleError(f"rule must be one of {RULES}, got {rule!r}")
@@ -155,7 +145,7 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
     return result
 
 
-def _choose(pred: ImportancePredictor, latency: IncrementalLatency, widths: dict[str, int],
+def _choose(pred: ImportancePredictor, latency: BoundLatency, widths: dict[str, int],
             divisors: dict[str, int], active: set[str], stride: int, align: int, rule: str) -> tuple[str, int, float]:
     best: Optional[tuple[float, str, int, float]] = None
     for g in sorted(active):

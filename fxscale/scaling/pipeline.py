@@ -23,6 +23,7 @@ from torch import nn
 import fxscale
 from fxscale.analysis.graph import ChannelGraph
 from fxscale.errors import FxscaleError, PlanError
+from fxscale.hw.latency import BoundLatency, LatencyModel
 from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import Budget, Evaluator, bisect_max, parse_budget, scaled_resolution, uniform_widths
 from fxscale.scaling.greedy import RULES, back_off, importance_aware_widths
@@ -245,11 +246,11 @@ class Pipeline:
         return measure_many(self.target, models, shapes, proto, rounds=self.cfg.rounds)
 
     # ---- stages --------------------------------------------------------------------------------------
-    def latency_model(self) -> Any:
+    def latency_model(self) -> LatencyModel:
         """A device profile predictor, or the analytic model calibrated on measured variants."""
         if self.cfg.profile:
             from fxscale.hw.predictor import LatencyPredictor
-            return _ProfileLatency(LatencyPredictor(self.cfg.profile, mode="input"), self.cfg.profile)
+            return LatencyPredictor(self.cfg.profile, mode="input")
 
         def calibrate() -> dict[str, Any]:
             variants = [ScalingPlan()] + [ScalingPlan(widths=uniform_widths(self.cg, w)) for w in (0.5, 1.5, 2.0)] \
@@ -359,13 +360,13 @@ class Pipeline:
             for r in rows:
                 r["within_budget"] = bool(r["latency_ms"] <= ratio * base_ms)
         summary = {"config": asdict(self.cfg), "alpha": alpha, "search": search, "methods": rows,
-                   "importance": pred.to_dict(), "latency_model": getattr(lat_model, "to_dict", dict)(),
+                   "importance": pred.to_dict(), "latency_model": lat_model.to_dict(),
                    "baseline_predicted_ms": base_pred, "budget": asdict(budget)}
         from fxscale.scaling.report import write_outputs
         write_outputs(self, summary, ScalingPlan.from_json(json.dumps(search["plan"])))
         return summary
 
-    def _search(self, lat_model: Any, pred: ImportancePredictor, budget: Budget, res: tuple[int, int],
+    def _search(self, lat_model: LatencyModel, pred: ImportancePredictor, budget: Budget, res: tuple[int, int],
                 ratio: Optional[float]) -> dict[str, Any]:
         start = ScalingPlan(resolution=res)
         if budget.latency_ms is not None and lat_model.predict(self.cg, start) > budget.latency_ms:
@@ -405,7 +406,7 @@ class Pipeline:
                      f"{len(r.steps)} to {k} steps")
         return k, m / base
 
-    def _method_plans(self, lat_model: Any, budget: Budget, pred: ImportancePredictor) -> dict[str, Any]:
+    def _method_plans(self, lat_model: LatencyModel, budget: Budget, pred: ImportancePredictor) -> dict[str, Any]:
         if not self.cfg.methods:
             return {}
         from fxscale.scaling.baselines import get_baseline
@@ -456,19 +457,22 @@ class Pipeline:
 
 
 class _ProfileLatency:
-    """A device-profile predictor seen through the pipeline's predict(cg, plan) / bind(cg, plan) interface."""
+    """A LatencyModel delegating to another, recording `path` (the pipeline now uses its predictor directly)."""
 
-    def __init__(self, predictor: Any, path: str) -> None:
+    def __init__(self, predictor: LatencyModel, path: str) -> None:
         self.p, self.path = predictor, path
 
     def predict(self, cg: ChannelGraph, plan: ScalingPlan) -> float:
+        """The wrapped model's prediction (ms)."""
         return self.p.predict(cg, plan)
 
-    def bind(self, cg: ChannelGraph, plan: ScalingPlan) -> Any:
-        return self.p.bind(cg, plan.resolution, plan)
+    def bind(self, cg: ChannelGraph, plan: ScalingPlan) -> BoundLatency:
+        """The wrapped model's bound state at `plan`."""
+        return self.p.bind(cg, plan)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "device profile", "path": str(self.path)}
+        """The wrapped model's description with this wrapper's path."""
+        return {**self.p.to_dict(), "path": str(self.path)}
 
 
 def _atomic_write(path: Path, text: str) -> None:
