@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -311,12 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     from fxscale.scaling.cli import add_scale_command
     add_scale_command(sub)
-    for register in EXTRA_COMMANDS:
-        register(sub)
     return parser
-
-
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

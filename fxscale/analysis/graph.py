@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch
 import torch.fx as fx
 
 from fxscale.analysis.context import Ctx, Use
@@ -55,14 +54,6 @@ class ChannelGraph:
         """Groups whose width may change."""
         return [g for g in self.groups if g.scalable]
 
-    def group_of_atom(self, atom: int) -> ChannelGroup:
-        """The group a leaf atom belongs to."""
-        return self._by_root[self.ctx.atoms.sized.find(atom)]
-
-    @property
-    def _by_root(self) -> dict[int, ChannelGroup]:
-        return {g.root: g for g in self.groups}
-
     def table(self) -> str:
         """A plain-text table of the groups."""
         rows = [f"{'group':40s} {'width':>6s} {'div':>4s} {'prod':>4s} {'cons':>4s}  status"]
@@ -73,7 +64,7 @@ class ChannelGraph:
         return "\n".join(rows)
 
 
-def _placeholder(ctx: Ctx, node: fx.Node, index: int) -> Any:
+def _placeholder(ctx: Ctx, node: fx.Node) -> Any:
     shape = ctx.shape(node)
     if not isinstance(shape, tuple) or len(shape) < 2:
         return None
@@ -108,11 +99,9 @@ def _call_module(ctx: Ctx, node: fx.Node) -> Any:
 
 def _walk(ctx: Ctx, graph: fx.Graph) -> None:
     """Label every node in topological order."""
-    k = 0
     for node in graph.nodes:
         if node.op == "placeholder":
-            labels = _placeholder(ctx, node, k)
-            k += 1
+            labels = _placeholder(ctx, node)
         elif node.op == "get_attr":
             labels = _get_attr(ctx, node)
         elif node.op == "call_module":
@@ -244,7 +233,3 @@ def label_width(ctx: Ctx, label: Label, sizes: Optional[dict[int, int]] = None) 
     at = ctx.atoms
     return sum((sizes or {}).get(p.atom, at.size[p.atom]) * p.inner for p in at.expand(label))
 
-
-def num_params(gm: torch.nn.Module) -> int:
-    """Number of parameters of a module."""
-    return sum(p.numel() for p in gm.parameters())

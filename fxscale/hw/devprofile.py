@@ -56,8 +56,7 @@ class KindFit:
     def predict(self, macs: float, nbytes: float, wbytes: float = 0.0) -> float:
         """Latency (ms) of one layer: the linear model, or the boosted trees when model == "gbr"."""
         if self.model != "gbr":
-            return self.intercept_ms + self.ms_per_mac * macs + self.ms_per_byte * (nbytes - wbytes) + \
-                self.ms_per_weight_byte * wbytes
+            return self.linear(macs, nbytes, wbytes)
         key = (macs, nbytes, wbytes)
         hit = self._cache.get(key)
         if hit is None:
