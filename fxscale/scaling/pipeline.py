@@ -28,7 +28,7 @@ from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import Budget, Evaluator, bisect_max, parse_budget, scaled_resolution, uniform_widths
 from fxscale.scaling.greedy import RULES, back_off, importance_aware_widths
 from fxscale.scaling.importance import Importance, importance
-from fxscale.scaling.powerlaw import ImportancePredictor, fit_predictor, sample_configs
+from fxscale.scaling.powerlaw import POOR_R2, ImportancePredictor, fit_predictor, sample_configs
 
 METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale")
 
@@ -327,6 +327,9 @@ class Pipeline:
             pred = fit_predictor(samples)
         for w in caught:
             self.log(f"[importance] warning: {w.message}")
+        if pred.poorly_fit():
+            self.log(f"[importance] warning: poorly fitted groups (log-space R² < {POOR_R2}): "
+                     f"{', '.join(pred.poorly_fit())}")
         return pred
 
     def run(self) -> dict[str, Any]:

@@ -82,7 +82,8 @@ class ImportancePredictor:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"fits": {g: asdict(f) for g, f in self.fits.items()}, "failed": dict(self.failed)}
+        return {"fits": {g: asdict(f) for g, f in self.fits.items()}, "failed": dict(self.failed),
+                "poorly_fit": self.poorly_fit()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ImportancePredictor":

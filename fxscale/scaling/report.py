@@ -88,6 +88,8 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
     for g, f in summary["importance"]["fits"].items():
         lines.append(f"| {g} | {f['a']:.3g} | {f['b']:.3f} | {f['r2']:.2f} | {f['r2_log']:.2f} | {f['n']} | "
                      f"{f['note']} |")
+    poor = summary["importance"].get("poorly_fit") or []
+    lines += ["", f"Poorly fitted groups (log-space R² < 0.5): {', '.join(poor) if poor else 'none'}."]
     lines += ["", "## Width search (Algorithm 1)", "", "| rule | steps | kept after measuring | measured latency | "
               "predicted ms | params | importance added | stopped |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for rule, r in s["rules"].items():
