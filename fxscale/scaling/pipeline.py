@@ -25,57 +25,34 @@ from fxscale.analysis.graph import ChannelGraph
 from fxscale.errors import FxscaleError, PlanError
 from fxscale.hw.latency import BoundLatency, LatencyModel
 from fxscale.plan import ScalingPlan
-from fxscale.scaling.budget import Budget, Evaluator, bisect_max, parse_budget, scaled_resolution, uniform_widths
+from fxscale.scaling.budget import (
+    Budget,
+    Evaluator,
+    bisect_max,
+    parse_budget,
+    scaled_resolution,
+    uniform_widths,
+)
 from fxscale.scaling.greedy import RULES, back_off, importance_aware_widths
 from fxscale.scaling.importance import Importance, importance
-from fxscale.scaling.powerlaw import POOR_R2, ImportancePredictor, fit_predictor, sample_configs
+from fxscale.scaling.powerlaw import (
+    POOR_R2,
+    ImportancePredictor,
+    fit_predictor,
+    sample_configs,
+)
+from fxscale.scaling.stages import (  # noqa: F401 - STAGES and friends are re-exported
+    STAGES,
+    UNKEYED,
+    atomic_write,
+    downstream,
+    save_weights,
+    stage_cached,
+    stage_keys,
+    weights_problem,
+)
 
 METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale")
-
-# stage -> (ScaleConfig fields it reads itself, stages whose results it consumes); upstream stages come first.
-# "timing", "training" and "budget" are shared settings / derived values with keys but no stage file.
-STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "input": (("model", "data", "data_kw"), ()),  # the traced model and dataset every stage works on
-    "timing": (("target", "threads", "runs", "warmup", "rounds"), ()),  # Pipeline.measure
-    "training": (("batch_size", "lr", "seeds", "device"), ()),  # Pipeline.train_cfg (seeds[0] for searches)
-    "latency_model": (("profile",), ("input", "timing")),
-    "budget": (("latency_budget", "memory_budget"), ("input", "latency_model")),
-    "alpha": (("alphas", "alpha", "flops_scale", "align", "search_epochs"), ("input", "training")),
-    "importance_sample": (("sample_epochs",), ("input", "training")),  # one sampled width configuration
-    "importance": (("samples",), ("importance_sample", "alpha")),  # sampled at the alpha's resolution
-    "search": (("rule", "stride", "align"), ("latency_model", "budget", "alpha", "importance", "timing")),
-    "methods": (("methods", "align", "flops_scale"), ("latency_model", "budget", "importance")),
-    "train": (("epochs",), ("training", "search", "methods")),
-    "measure": ((), ("timing", "search", "methods")),
-}
-UNKEYED = ("workers", "executor", "progress")  # how the work runs, not what it computes
-
-
-def stage_keys(cfg: ScaleConfig) -> dict[str, str]:
-    """The key of every STAGES entry: a hash of its own fields' values and its upstream stages' keys."""
-    values = asdict(cfg)
-    if cfg.profile:  # a rewritten profile file changes the latency model under the same path
-        try:
-            digest: Optional[str] = hashlib.sha256(Path(cfg.profile).read_bytes()).hexdigest()
-        except OSError:  # missing or unreadable: LatencyPredictor raises a ProfileError naming the file
-            digest = None
-        values["profile"] = {"path": str(cfg.profile), "sha256": digest}
-    keys: dict[str, str] = {}
-    for name, (fields_, upstream) in STAGES.items():
-        blob = json.dumps({"stage": name, "fields": {f: values[f] for f in fields_},
-                           "upstream": {u: keys[u] for u in upstream}}, sort_keys=True, default=str)
-        keys[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return keys
-
-
-def downstream(stage: str) -> set[str]:
-    """Every stage that consumes `stage`'s result, directly or through other stages."""
-    out: set[str] = set()
-    for name, (_fields, upstream) in STAGES.items():  # upstream stages come first, so one pass suffices
-        if stage in upstream or out & set(upstream):
-            out.add(name)
-    return out
-
 
 @dataclass
 class ScaleConfig:
@@ -184,17 +161,9 @@ class Pipeline:
         blob = json.dumps({"key": self.keys[stage], "extra": extra}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def _stage(self, name: str, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        path = self.stages / f"{name}.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                self.log(f"[{name}] resumed from {path}")
-                return saved["value"]
-        value = fn()
-        self.stages.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps({"key": key, "value": value}, indent=1, default=float))
-        return value
+    def _stage(self, name: str, key: str, fn: Callable[[], dict[str, Any]],
+               valid: Optional[Callable[[dict[str, Any]], Optional[str]]] = None) -> dict[str, Any]:
+        return stage_cached(self.stages, name, key, fn, self.log, valid)
 
     # ---- helpers -------------------------------------------------------------------------------------
     def build(self, plan: ScalingPlan, seed: int = 0) -> fx.GraphModule:
@@ -226,7 +195,13 @@ class Pipeline:
         with get_executor(self.cfg.executor, **kw) as ex:
             if not self.cfg.progress or self.cfg.workers > 1 or self.cfg.executor != "local":
                 return ex.map(run_job, jobs)
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
             outs = []
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           transient=True) as bar:
@@ -318,7 +293,7 @@ class Pipeline:
                 if missing:
                     raise FxscaleError(f"importance of the sampled model has no groups {missing}")
                 cache.mkdir(parents=True, exist_ok=True)
-                _atomic_write(path, json.dumps(imp.to_dict()))
+                atomic_write(path, json.dumps(imp.to_dict()))
                 samples.append(imp)
         base = {g.name: g.width for g in self.cg.scalable}
         self.base_importance = next((s.channels for s in samples if s.widths == base), None)
@@ -355,7 +330,8 @@ class Pipeline:
         plans = {"baseline": json.loads(ScalingPlan().to_json()), **plans}
         # the plans themselves are hashed too: a search rerun after its stage file was deleted may back off
         # differently (measured), and then the stale trained/measured models must not be reused
-        results = self._stage("train", self._key("train", extra=plans), lambda: self._train_all(plans))
+        results = self._stage("train", self._key("train", extra=plans), lambda: self._train_all(plans),
+                              valid=lambda res: weights_problem(self.stages / "weights", res, self.cfg.seeds))
         meas = self._stage("measure", self._key("measure", extra=plans), lambda: self._measure_all(plans))
         rows = self._rows(plans, results, meas)
         if ratio is not None:  # the same measured check for every method (baselines have no back-off of their own)
@@ -439,7 +415,7 @@ class Pipeline:
             r = res.setdefault(name, {"val_acc": [], "test_acc": []})
             r["val_acc"].append(o.result.best_val_acc)
             r["test_acc"].append(o.test_acc)
-            torch.save(o.state_dict, wdir / f"{name}_s{seed}.pt")
+            save_weights(o.state_dict, wdir / f"{name}_s{seed}.pt")
         return res
 
     def _measure_all(self, plans: dict[str, Any]) -> dict[str, Any]:
@@ -476,12 +452,6 @@ class _ProfileLatency:
     def to_dict(self) -> dict[str, Any]:
         """The wrapped model's description with this wrapper's path."""
         return {**self.p.to_dict(), "path": str(self.path)}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def scale(model: str | nn.Module = "digits_resnet", out: str | os.PathLike = "out", **settings: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from fxscale.plan import ScalingPlan
+from fxscale.scaling.stages import load_weights
 
 
 def _ms(values: list[float]) -> str:
@@ -115,7 +116,7 @@ def write_outputs(pipe: Any, summary: dict[str, Any], plan: ScalingPlan) -> None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model = pipe.build(plan)
-    model.load_state_dict(torch.load(pipe.stages / "weights" / f"hacscale_s{pipe.cfg.seeds[0]}.pt"))
+    model.load_state_dict(load_weights(pipe.stages / "weights" / f"hacscale_s{pipe.cfg.seeds[0]}.pt"))
     model.eval()
     (tmp / "plan.json").write_text(plan.to_json())
     torch.save(model, tmp / "model.pt")
