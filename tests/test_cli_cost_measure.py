@@ -14,18 +14,18 @@ from fxscale.cli import main, uniform_plan
 from fxscale.cost import reference_flops
 
 
-def _traced(name: str):
-    spec = zoo.get_spec(name)
-    gm = fxscale.trace(zoo.create_model(name).eval(), spec.example_input(size=spec.full_input_size))
-    return gm, fxscale.analyze(gm)
+@pytest.fixture
+def traced_full(traced_zoo):
+    """``traced_full(name) -> (gm, cg)``: the shared trace of a zoo model at its full input size (the CLI's)."""
+    return lambda name: traced_zoo(name, zoo.get_spec(name).full_input_size)[:2]
 
 
-def test_cost_table_states_convention_and_totals(capsys):
+def test_cost_table_states_convention_and_totals(capsys, traced_full):
     assert main(["cost", "digits_resnet"]) == 0
     out = capsys.readouterr().out
     assert "FLOPs = 2 x MACs" in out.splitlines()[0]
     assert "conv_k3" in out and "linear" in out
-    gm, cg = _traced("digits_resnet")
+    _gm, cg = traced_full("digits_resnet")
     rep = fxscale.cost(cg)
     total = next(line for line in out.splitlines() if line.startswith("total "))
     assert f"{rep.flops / 1e6:.3f}" in total and str(rep.params) in total
@@ -34,10 +34,10 @@ def test_cost_table_states_convention_and_totals(capsys):
     assert len(capsys.readouterr().out.splitlines()) > len(out.splitlines())  # relu/add/pool rows too
 
 
-def test_cost_json_matches_api_and_flop_counter(capsys):
+def test_cost_json_matches_api_and_flop_counter(capsys, traced_full):
     assert main(["cost", "digits_vgg", "--widen", "1.5", "--resolution", "12", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    gm, cg = _traced("digits_vgg")
+    gm, cg = traced_full("digits_vgg")
     plan = uniform_plan(cg, 1.5, (12, 12))
     ref = fxscale.cost(cg, plan, mode="input").to_dict()
     assert {k: d[k] for k in ref if k != "layers"} == {k: v for k, v in ref.items() if k != "layers"}
@@ -48,8 +48,8 @@ def test_cost_json_matches_api_and_flop_counter(capsys):
     assert d["params"] == sum(p.numel() for p in new.parameters())
 
 
-def test_cost_plan_file_and_resolution_override(tmp_path, capsys):
-    gm, cg = _traced("digits_resnet")
+def test_cost_plan_file_and_resolution_override(tmp_path, capsys, traced_full):
+    _gm, cg = traced_full("digits_resnet")
     plan = uniform_plan(cg, 2.0, (16, 16))
     path = tmp_path / "plan.json"
     path.write_text(plan.to_json())
@@ -73,7 +73,7 @@ def test_cost_depth_plan(tmp_path, capsys):
     assert deep["flops"] == base["flops"] + 2 * sum(r["macs"] for r in convs)
 
 
-def test_measure_ort_json_and_out(tmp_path, capsys):
+def test_measure_ort_json_and_out(tmp_path, capsys, traced_full):
     out = tmp_path / "res" / "m.json"
     argv = ["measure", "digits_resnet", "--widen", "1.5", "--resolution", "12", "--runs", "3", "--warmup", "1",
             "--statistic", "median", "--json", "--out", str(out)]
@@ -84,7 +84,7 @@ def test_measure_ort_json_and_out(tmp_path, capsys):
     assert d["input_shape"] == [1, 1, 12, 12] and d["runs"] == 3 and len(d["samples_ms"]) == 3
     lat = d["latency_ms"]
     assert 0 < lat["p10"] <= lat["median"] <= lat["p90"] and lat["mean"] > 0
-    gm, cg = _traced("digits_resnet")
+    gm, cg = traced_full("digits_resnet")
     assert d["flops"] == fxscale.cost(cg, uniform_plan(cg, 1.5, (12, 12)), mode="input").flops
     assert d["gflops_per_s"] == pytest.approx(d["flops"] / (lat["median"] * 1e-3) / 1e9)
     assert d["params"] > sum(p.numel() for p in gm.parameters())

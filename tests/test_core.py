@@ -1,74 +1,51 @@
 """Compiler core: analysis rules, exact function-preserving growth, init modes, resolution, plans, bad input."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+from helpers import outs, random_widths, rel_err, trace_net
 from hypothesis import HealthCheck, given, settings
+from nets import NETS, random_dag_cnn
 from torch import nn
 
 import fxscale
 from fxscale.passes.channel_map import build_maps
-from nets import NETS, random_dag_cnn
-
-torch.set_num_threads(1)
 
 # Nets where LayerNorm/GroupNorm statistics or attention span a grown dim: growth is close, not exact.
 APPROX = {"group_norm", "layernorm_channels_last", "tiny_vit"}
 EXACT = sorted(set(NETS) - APPROX)
 
 
-def _outs(y):
-    return y if isinstance(y, tuple) else (y,)
-
-
-def _rel_err(a, b) -> float:
-    return max(((u - v).abs().max() / u.abs().max().clamp_min(1e-12)).item() for u, v in zip(_outs(a), _outs(b)))
-
-
-def _traced(name):
-    model, x = NETS[name]()
-    gm = fxscale.trace(model, x)
-    return gm, fxscale.analyze(gm), x
-
-
-def _random_widths(cg, lo, hi, seed=0):
-    rng = random.Random(seed)
-    return {g.name: max(g.divisor, round(g.width * rng.uniform(lo, hi) / g.divisor) * g.divisor)
-            for g in cg.scalable}
-
-
 @pytest.mark.parametrize("name", EXACT)
-def test_preserve_growth_is_exact(name):
-    gm, cg, x = _traced(name)
+def test_preserve_growth_is_exact(name, traced_net):
+    gm, cg, x = traced_net(name)
     assert cg.scalable, f"{name}: no scalable group"
-    widths = _random_widths(cg, 1.0, 2.0)
+    widths = random_widths(cg, 1.0, 2.0)
     new = fxscale.transform(gm, fxscale.ScalingPlan(widths=widths), init="preserve")
     assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in gm.parameters())
     with torch.no_grad():
-        assert _rel_err(gm(x), new(x)) <= 1e-5
+        assert rel_err(gm(x), new(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("name", sorted(APPROX))
-def test_preserve_growth_approximate_where_norms_span_the_group(name):
-    gm, cg, x = _traced(name)
+def test_preserve_growth_approximate_where_norms_span_the_group(name, traced_net):
+    gm, cg, x = traced_net(name)
     uniform = {g.name: g.width * 2 for g in cg.scalable}
     new = fxscale.transform(gm, fxscale.ScalingPlan(widths=uniform), init="preserve")
     with torch.no_grad():
-        err = _rel_err(gm(x), new(x))
+        err = rel_err(gm(x), new(x))
     # x2 replicates every channel once: LayerNorm statistics and attention scores are unchanged
     assert err <= (1e-5 if name != "group_norm" else 0.5)
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("init", ["preserve", "prune", "reinit"])
-def test_random_plans_keep_shapes(name, init):
-    gm, cg, x = _traced(name)
-    widths = _random_widths(cg, 0.5, 2.0, seed=3)
+def test_random_plans_keep_shapes(name, init, traced_net):
+    gm, cg, x = traced_net(name)
+    widths = random_widths(cg, 0.5, 2.0, seed=3)
     new = fxscale.transform(gm, fxscale.ScalingPlan(widths=widths), init=init)
     with torch.no_grad():
-        assert [t.shape for t in _outs(new(x))] == [t.shape for t in _outs(gm(x))]
+        assert [t.shape for t in outs(new(x))] == [t.shape for t in outs(gm(x))]
     for name_, w in widths.items():
         assert fxscale.analyze(fxscale.trace(new, x))[name_].width == w
 
@@ -98,7 +75,7 @@ def _zero_channel(gm, cg, group, c):
                                   "flatten_linear", "conv_transpose", "shared_conv", "sub_mul_div"])
 def test_zero_channel_oracle_catches_misgrouping(name):
     """Removing an all-zero channel leaves outputs unchanged; removing a live neighbour does not."""
-    gm, cg, x = _traced(name)
+    gm, cg, x = trace_net(name)  # a fresh copy: _zero_channel edits its weights
     for g in cg.scalable:
         if g.parts != 1 or g.width < 3:
             continue
@@ -111,9 +88,9 @@ def test_zero_channel_oracle_catches_misgrouping(name):
             new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: g.width - 1}), init="prune",
                                     importance={g.name: score})
             with torch.no_grad():
-                err = _rel_err(ref, new(x))
+                err = rel_err(ref, new(x))
             assert (err <= 1e-5) == same, f"{name}/{g.name}: drop {drop} gave rel err {err}"
-        gm, cg, x = _traced(name)  # fresh weights for the next group
+        gm, cg, x = trace_net(name)  # fresh weights for the next group
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -122,33 +99,33 @@ def test_random_dag_nets(net, seed):
     x = torch.randn(2, 3, 12, 12)
     gm = fxscale.trace(net, x)
     cg = fxscale.analyze(gm)
-    grow = _random_widths(cg, 1.0, 2.0, seed)
+    grow = random_widths(cg, 1.0, 2.0, seed)
     new = fxscale.transform(gm, fxscale.ScalingPlan(widths=grow), init="preserve", seed=seed)
     with torch.no_grad():
-        assert _rel_err(gm(x), new(x)) <= 1e-5
-    mixed = _random_widths(cg, 0.5, 2.0, seed + 1)
+        assert rel_err(gm(x), new(x)) <= 1e-5
+    mixed = random_widths(cg, 0.5, 2.0, seed + 1)
     out = fxscale.transform(gm, fxscale.ScalingPlan(widths=mixed, resolution=(16, 16)), init="prune")
     assert out(x).shape == gm(x).shape
 
 
-def test_shared_weights_and_residual_ties():
-    gm, cg, _x = _traced("residual")
+def test_shared_weights_and_residual_ties(traced_net):
+    gm, cg, _x = traced_net("residual")
     names = {g.name for g in cg.scalable}
     stream = [g for g in cg.scalable if len(g.producers) >= 2]
     assert stream, f"residual stream not tied into one group: {names}"
-    gm, cg, _x = _traced("shared_conv")
+    gm, cg, _x = traced_net("shared_conv")
     assert all(len(set(g.producers)) == len(g.producers) for g in cg.groups)
 
 
-def test_divisors_of_grouped_conv_groupnorm_and_heads():
-    assert max(g.divisor for g in _traced("grouped_conv")[1].scalable) % 4 == 0
-    assert any(g.divisor % 4 == 0 for g in _traced("group_norm")[1].scalable)
-    vit = _traced("tiny_vit")[1]
+def test_divisors_of_grouped_conv_groupnorm_and_heads(traced_net):
+    assert max(g.divisor for g in traced_net("grouped_conv")[1].scalable) % 4 == 0
+    assert any(g.divisor % 4 == 0 for g in traced_net("group_norm")[1].scalable)
+    vit = traced_net("tiny_vit")[1]
     assert any(g.divisor > 1 for g in vit.scalable)
 
 
-def test_transform_never_mutates_input():
-    gm, cg, x = _traced("residual")
+def test_transform_never_mutates_input(traced_net):
+    gm, cg, x = traced_net("residual")
     before = {k: v.clone() for k, v in gm.state_dict().items()}
     code = gm.code
     fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: g.width * 2 for g in cg.scalable},
@@ -158,8 +135,8 @@ def test_transform_never_mutates_input():
 
 
 def test_group_names_are_stable_across_traces():
-    a = [g.name for g in _traced("dense_concat")[1].groups]
-    b = [g.name for g in _traced("dense_concat")[1].groups]
+    a = [g.name for g in trace_net("dense_concat")[1].groups]  # two fresh traces, not the cached one
+    b = [g.name for g in trace_net("dense_concat")[1].groups]
     assert a == b and all("." in n or n in ("input",) or n.isidentifier() for n in a)
 
 
@@ -173,8 +150,8 @@ def test_shrink_keeps_largest_l1_channels():
     assert new.get_submodule("2").in_channels == 2
 
 
-def test_channel_maps_one_mechanism_for_all_inits():
-    gm, cg, _x = _traced("conv_chain")
+def test_channel_maps_one_mechanism_for_all_inits(traced_net):
+    gm, cg, _x = traced_net("conv_chain")
     g = cg.scalable[0]
     plan = fxscale.ScalingPlan(widths={g.name: g.width + 3})
     pres = build_maps(cg, plan, "preserve")
@@ -185,8 +162,8 @@ def test_channel_maps_one_mechanism_for_all_inits():
 
 
 @pytest.mark.parametrize("mode", ["resize", "input"])
-def test_resolution_pass(mode):
-    gm, cg, x = _traced("flatten_linear")
+def test_resolution_pass(mode, traced_net):
+    gm, cg, x = traced_net("flatten_linear")
     new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(12, 12)), resolution_mode=mode)
     if mode == "resize":
         assert new(x).shape == gm(x).shape
@@ -209,20 +186,20 @@ def test_plan_json_round_trip():
      "group is fixed \\(network output\\)"),
     (lambda cg: fxscale.ScalingPlan(widths={cg.scalable[0].name: 7}), "divisor"),
 ])
-def test_bad_plans_name_the_key(plan, message):
-    gm, cg, _x = _traced("grouped_conv")
+def test_bad_plans_name_the_key(plan, message, traced_net):
+    gm, cg, _x = traced_net("grouped_conv")
     with pytest.raises(fxscale.PlanError, match=message):
         fxscale.transform(gm, plan(cg))
 
 
-def test_bad_values_are_rejected():
+def test_bad_values_are_rejected(traced_net):
     with pytest.raises(fxscale.PlanError, match="must be >= 1"):
         fxscale.ScalingPlan(widths={"a": 0})
     with pytest.raises(fxscale.PlanError, match="'resolution' must be positive"):
         fxscale.ScalingPlan(resolution=(0, 32))
     with pytest.raises(fxscale.PlanError, match="unknown plan keys"):
         fxscale.ScalingPlan.from_json('{"widht": {}}')
-    gm, _cg, _x = _traced("conv_chain")
+    gm, _cg, _x = traced_net("conv_chain")
     with pytest.raises(fxscale.PlanError, match="init must be one of"):
         fxscale.transform(gm, fxscale.ScalingPlan(), init="grow")
 
@@ -251,11 +228,11 @@ def test_unknown_ops_freeze_with_a_reason():
     assert "fft" in cg.table()
 
 
-def test_train_only_branches_are_rebuilt_and_run_in_train_mode():
-    gm, cg, x = _traced("train_only_branch")
+def test_train_only_branches_are_rebuilt_and_run_in_train_mode(traced_net):
+    gm, cg, x = traced_net("train_only_branch")
     new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: g.width * 2 for g in cg.scalable}))
     with torch.no_grad():
-        assert _rel_err(gm(x), new.eval()(x)) <= 1e-5
+        assert rel_err(gm(x), new.eval()(x)) <= 1e-5
     tgm = fxscale.train_graph_module(new)
     main, aux = tgm(x)
     assert main.shape == aux.shape == gm(x).shape

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from helpers import random_plan
 from nets import NETS
 from torch import nn
 
@@ -13,17 +14,9 @@ import fxscale
 from fxscale import zoo
 from fxscale.cost import cost, cost_model, reference_flops
 
-torch.set_num_threads(1)
 NO_RESOLUTION = {"conv1d", "tiny_vit"}  # 1-D input / fixed position embedding
 ZOO = ["resnet18", "mobilenet_v2", "vgg11_bn", "efficientnet_b0", "densenet121", "convnext_tiny",
        "shufflenet_v2_x1_0", "vit_b_16", "swin_t", "maxvit_t", "googlenet", "regnet_y_400mf"]
-
-
-def _random_plan(cg, rng: random.Random, side: int | None) -> fxscale.ScalingPlan:
-    widths = {g.name: max(g.divisor, round(g.width * rng.uniform(0.4, 2.2) / g.divisor) * g.divisor)
-              for g in cg.scalable}
-    res = None if side is None else (4 * round(side * rng.uniform(0.6, 1.8) / 4),) * 2  # stride-friendly
-    return fxscale.ScalingPlan(widths=widths, resolution=res)
 
 
 def _measured(gm, plan, x) -> tuple[int, int]:
@@ -33,14 +26,12 @@ def _measured(gm, plan, x) -> tuple[int, int]:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_cost_exact_on_pattern_nets(name, seed):
-    model, x = NETS[name]()
-    gm = fxscale.trace(model.eval(), x)
-    cg = fxscale.analyze(gm)
+def test_cost_exact_on_pattern_nets(name, seed, traced_net):
+    gm, cg, x = traced_net(name)
     out = gm.meta["fxscale"]["output_shapes"]
     outs = [o for o in out if isinstance(o, tuple)] or [out]
     dense = any(len(o) > 2 for o in outs)  # a spatial output: resolution would change it
-    plan = _random_plan(cg, random.Random(seed), None if name in NO_RESOLUTION or dense else x.shape[-1])
+    plan = random_plan(cg, random.Random(seed), None if name in NO_RESOLUTION or dense else x.shape[-1])
     rep = cost(cg, plan)
     flops, params = _measured(gm, plan, x)
     assert rep.flops == flops and rep.flops == 2 * rep.macs
@@ -48,13 +39,11 @@ def test_cost_exact_on_pattern_nets(name, seed):
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_cost_exact_on_zoo(name):
+def test_cost_exact_on_zoo(name, traced_zoo):
     spec = zoo.get_spec(name)
-    x = spec.example_input()
-    gm = fxscale.trace(zoo.create_model(name).eval(), x)
-    cg = fxscale.analyze(gm)
+    gm, cg, x = traced_zoo(name)
     fixed = name.startswith(("vit", "swin", "maxvit"))
-    plan = _random_plan(cg, random.Random(0), None if fixed else spec.small_input_size)
+    plan = random_plan(cg, random.Random(0), None if fixed else spec.small_input_size)
     rep = cost(cg, plan)
     flops, params = _measured(gm, plan, x)
     assert (rep.flops, rep.params) == (flops, params)
@@ -84,16 +73,13 @@ def test_single_conv_by_hand():
     assert rep.activations == conv.activations + relu.activations + fc.activations
 
 
-def test_depthwise_and_grouped_kinds():
-    model, x = NETS["inverted_residual"]()
-    kinds = {r.kind for r in fxscale.cost(fxscale.trace(model.eval(), x)).layers}
+def test_depthwise_and_grouped_kinds(traced_net):
+    kinds = {r.kind for r in fxscale.cost(traced_net("inverted_residual").gm).layers}
     assert {"dwconv_k3", "conv_k1"} <= kinds
 
 
-def test_incremental_update_matches_full_evaluation():
-    model = zoo.create_model("resnet18").eval()
-    gm = fxscale.trace(model, torch.randn(1, 3, 64, 64))
-    cg = fxscale.analyze(gm)
+def test_incremental_update_matches_full_evaluation(traced_zoo):
+    cg = traced_zoo("resnet18", 64).cg
     cm = cost_model(cg)
     sizes = cm.sizes()
     layers = [cm.layer(i, sizes) for i in range(len(cm.layers))]
@@ -111,31 +97,28 @@ def test_incremental_update_matches_full_evaluation():
     assert cm.layers_of("conv1") and all(isinstance(i, int) for i in cm.layers_of("conv1"))
 
 
-def test_resolution_scales_conv_flops_quadratically():
-    model, x = NETS["conv_chain"]()
-    cg = fxscale.analyze(fxscale.trace(model.eval(), x))
+def test_resolution_scales_conv_flops_quadratically(traced_net):
+    cg = traced_net("conv_chain").cg
     base = cost(cg).macs
     double = cost(cg, fxscale.ScalingPlan(resolution=(32, 32))).macs
     assert math.isclose(double / base, 4.0, rel_tol=0.02)
 
 
-def test_cost_rejects_bad_plan_key():
-    model, x = NETS["conv_chain"]()
-    cg = fxscale.analyze(fxscale.trace(model.eval(), x))
+def test_cost_rejects_bad_plan_key(traced_net):
+    cg = traced_net("conv_chain").cg
     with pytest.raises(fxscale.PlanError, match="names no channel group"):
         cost(cg, fxscale.ScalingPlan(widths={"nope": 8}))
 
 
-def test_report_formats():
-    model, x = NETS["residual"]()
-    rep = fxscale.cost(fxscale.trace(model.eval(), x))
+def test_report_formats(traced_net):
+    rep = fxscale.cost(traced_net("residual").gm)
     d = rep.to_dict()
     assert d["flops"] == rep.flops and len(d["layers"]) == len(rep.layers)
     assert "total" in rep.table() and sum(v["macs"] for v in rep.by_kind().values()) == rep.macs
 
 
-def test_depth_plan_is_costed_on_the_deeper_graph():
-    gm = fxscale.trace(zoo.create_model("resnet18").eval(), torch.randn(1, 3, 64, 64))
+def test_depth_plan_is_costed_on_the_deeper_graph(traced_zoo):
+    gm = traced_zoo("resnet18", 64).gm
     plan = fxscale.ScalingPlan(depths={"layer1": 3})
     rep = fxscale.cost(gm, plan)
     new = fxscale.transform(gm, plan)

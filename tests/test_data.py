@@ -9,11 +9,6 @@ from fxscale.data import DataBundle, get_dataset, list_datasets, loader, resize_
 from fxscale.errors import FxscaleError
 
 
-@pytest.fixture(scope="module")
-def digits() -> DataBundle:
-    return get_dataset("digits")
-
-
 def _labels(ds) -> np.ndarray:
     return ds.tensors[1].numpy()
 

@@ -14,8 +14,6 @@ import fxscale.export as export_mod
 from fxscale.errors import FxscaleError
 from fxscale.export import ExportError, ExportReport, downconvert_opset, export_onnx
 
-torch.set_num_threads(1)
-
 
 def small_net() -> nn.Module:
     """Conv-BN-ReLU-Hardswish-GAP-Linear: exercises ReduceMean, Reshape and HardSwish in the dynamo path."""

@@ -5,7 +5,6 @@ No net needs custom leaf modules: nn.MultiheadAttention (tiny_vit) is a call_mod
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,15 +12,6 @@ import torch
 from hypothesis import given, settings
 from nets import NETS, RandomDagNet, dag_specs, make_dag_net, random_dag_cnn
 from torch import fx
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny forwards are far faster on one intra-op thread on the shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:

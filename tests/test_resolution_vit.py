@@ -20,8 +20,6 @@ from fxscale.api import copy_graph_module
 from fxscale.passes.resolution import resample_position_embedding, resample_spatial_map, resolution_pass
 from fxscale.tracing import META
 
-torch.set_num_threads(1)
-
 
 def _xin(size, seed=1, batch=1):
     h, w = (size, size) if isinstance(size, int) else size
@@ -159,15 +157,18 @@ def test_unprovable_constants_raise_plan_error_naming_the_node():
 # torchvision ViT / Swin / MaxViT
 # ---------------------------------------------------------------------------------------------------------
 
-def _zoo_model(name, seed=0):
-    spec = zoo.get_spec(name)
-    x = spec.example_input()
-    model = zoo.randomize_(zoo.create_model(name), seed=seed, example_input=x).eval()
-    return spec, model, x, fxscale.trace(model, x)
+@pytest.fixture
+def calibrated_zoo(zoo_model, traced_zoo):
+    """``calibrated_zoo(name) -> (spec, model, x, gm)``: the shared zoo model re-initialised by
+    ``zoo.randomize_(seed=0, example_input=x)`` at its small example input x, and its trace at x."""
+    def get(name):
+        gm, _cg, x = traced_zoo(name, calibrated=True)
+        return zoo.get_spec(name), zoo_model(name, calibrated=True), x, gm
+    return get
 
 
-def test_vit_matches_torchvision_at_new_size():
-    spec, model, x, gm = _zoo_model("vit_b_32")
+def test_vit_matches_torchvision_at_new_size(calibrated_zoo):
+    spec, model, x, gm = calibrated_zoo("vit_b_32")
     side = spec.small_input_size
     new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(320, 320)), resolution_mode="input")
     report = new.meta[META]["transform"]["resolution"]
@@ -189,8 +190,8 @@ def test_vit_matches_torchvision_at_new_size():
         assert torch.equal(keep(x2), gm(x2[:, :, :224, :224]))
 
 
-def test_vit_resize_mode_and_non_square():
-    spec, model, x, gm = _zoo_model("vit_b_32")
+def test_vit_resize_mode_and_non_square(calibrated_zoo):
+    spec, model, x, gm = calibrated_zoo("vit_b_32")
     with torch.no_grad():
         ref = gm(x)
     new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(160, 300)))
@@ -210,8 +211,8 @@ def test_vit_resize_mode_and_non_square():
 
 
 @pytest.mark.parametrize("size", [96, 100])
-def test_swin_windows_follow_the_input(size):
-    spec, model, x, gm = _zoo_model("swin_t")
+def test_swin_windows_follow_the_input(size, calibrated_zoo):
+    spec, model, x, gm = calibrated_zoo("swin_t")
     tables = {k: v.clone() for k, v in gm.state_dict().items() if "relative_position" in k}
     new_in = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(size, size)), resolution_mode="input")
     new_rs = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(size, size)))
@@ -223,8 +224,8 @@ def test_swin_windows_follow_the_input(size):
         torch.testing.assert_close(new_rs(x), model(_resize(x, (size, size))), rtol=0, atol=1e-5)
 
 
-def test_maxvit_matches_torchvision_at_new_size():
-    spec, model, x, gm = _zoo_model("maxvit_t")
+def test_maxvit_matches_torchvision_at_new_size(calibrated_zoo):
+    spec, model, x, gm = calibrated_zoo("maxvit_t")
     new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(448, 448)), resolution_mode="input")
     changed = {c["node"] for c in new.meta[META]["transform"]["resolution"]["constants"]}
     assert {"reshape_6", "reshape_7", "floordiv_4", "reshape_8"} <= changed  # window departition, grid partition
@@ -235,8 +236,8 @@ def test_maxvit_matches_torchvision_at_new_size():
         assert torch.equal(new(x448), ref(x448))
 
 
-def test_maxvit_bad_size_names_sizes_that_work():
-    spec, model, x, gm = _zoo_model("maxvit_t")
+def test_maxvit_bad_size_names_sizes_that_work(calibrated_zoo):
+    spec, model, x, gm = calibrated_zoo("maxvit_t")
     with pytest.raises(fxscale.PlanError) as info:
         fxscale.transform(gm, fxscale.ScalingPlan(resolution=(336, 336)))
     msg = str(info.value)

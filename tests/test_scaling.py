@@ -10,15 +10,12 @@ import torch
 from torch import nn
 
 import fxscale
-from fxscale import zoo
 from fxscale.errors import FxscaleError, PlanError
 from fxscale.scaling.budget import Budget, parse_budget, round_width
 from fxscale.scaling.greedy import CostLatency, ParamTracker, back_off, importance_aware_widths
 from fxscale.scaling.importance import Importance, importance
 from fxscale.scaling.pipeline import ScaleConfig
 from fxscale.scaling.powerlaw import ImportancePredictor, PowerLaw, fit_power_law, fit_predictor, sample_configs
-
-torch.set_num_threads(1)
 
 
 class Small(nn.Module):
@@ -94,9 +91,8 @@ def test_predictor_falls_back_with_warning_and_round_trips():
     assert again("a", 10) == pytest.approx(pred("a", 10))
 
 
-def test_sample_configs_uniform_then_random():
-    gm = fxscale.trace(zoo.create_model("digits_resnet"), torch.zeros(1, 1, 8, 8))
-    cg = fxscale.analyze(gm)
+def test_sample_configs_uniform_then_random(traced_zoo):
+    cg = traced_zoo("digits_resnet", 8).cg
     cfgs = sample_configs(cg, 7, seed=1)
     assert cfgs[2] == {g.name: g.width for g in cg.scalable}  # multiplier 1.0
     assert cfgs[0]["stem.0"] == 8 and cfgs[4]["stem.0"] == 32
@@ -105,15 +101,14 @@ def test_sample_configs_uniform_then_random():
         assert all(0.5 * cg[g].width - 1 <= w <= 2 * cg[g].width + 1 for g, w in c.items())
 
 
-def _resnet18_setup():
-    gm = fxscale.trace(zoo.create_model("resnet18"), torch.zeros(1, 3, 64, 64))
-    cg = fxscale.analyze(gm)
+def _resnet18_setup(traced_zoo):
+    cg = traced_zoo("resnet18", 64).cg
     pred = ImportancePredictor({g.name: PowerLaw(float(i + 1), -1.0, 1, 1, 5) for i, g in enumerate(cg.scalable)})
     return cg, pred
 
 
-def test_greedy_paper_rule_follows_importance_and_budget():
-    cg, pred = _resnet18_setup()
+def test_greedy_paper_rule_follows_importance_and_budget(traced_zoo):
+    cg, pred = _resnet18_setup(traced_zoo)
     start = fxscale.ScalingPlan()
     base = CostLatency(cg, start).total
     budget = Budget(latency_ms=base * 1.3, params=2e7)
@@ -127,8 +122,8 @@ def test_greedy_paper_rule_follows_importance_and_budget():
     assert r.latency_ms == pytest.approx(CostLatency(cg, r.plan).total, rel=1e-9)
 
 
-def test_greedy_cost_rule_and_alignment():
-    cg, pred = _resnet18_setup()
+def test_greedy_cost_rule_and_alignment(traced_zoo):
+    cg, pred = _resnet18_setup(traced_zoo)
     start = fxscale.ScalingPlan()
     base = CostLatency(cg, start).total
     budget = Budget(latency_ms=base * 1.3)
@@ -139,8 +134,8 @@ def test_greedy_cost_rule_and_alignment():
     assert all(w % 8 == 0 for g, w in cost.plan.widths.items() if w != cg[g].width)
 
 
-def test_greedy_rejects_start_over_budget_and_bad_rule():
-    cg, pred = _resnet18_setup()
+def test_greedy_rejects_start_over_budget_and_bad_rule(traced_zoo):
+    cg, pred = _resnet18_setup(traced_zoo)
     start = fxscale.ScalingPlan()
     with pytest.raises(FxscaleError, match="already breaks the budget"):
         importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(latency_ms=1e-9), start=start)
@@ -148,8 +143,8 @@ def test_greedy_rejects_start_over_budget_and_bad_rule():
         importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(), start=start, rule="best")
 
 
-def test_back_off_finds_largest_fitting_prefix():
-    cg, pred = _resnet18_setup()
+def test_back_off_finds_largest_fitting_prefix(traced_zoo):
+    cg, pred = _resnet18_setup(traced_zoo)
     start = fxscale.ScalingPlan()
     base = CostLatency(cg, start).total
     r = importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(latency_ms=base * 1.5), start=start,
@@ -160,8 +155,8 @@ def test_back_off_finds_largest_fitting_prefix():
     assert k == want and m <= limit
 
 
-def test_param_tracker_matches_cost_model():
-    cg, _ = _resnet18_setup()
+def test_param_tracker_matches_cost_model(traced_zoo):
+    cg, _ = _resnet18_setup(traced_zoo)
     t = ParamTracker(cg, fxscale.ScalingPlan())
     t.set_width("layer2.0.conv1", 200)
     assert t.total == fxscale.cost(cg, fxscale.ScalingPlan(widths={"layer2.0.conv1": 200})).params
@@ -185,12 +180,11 @@ def test_scale_config_rejects_bad_settings(kw, msg):
         ScaleConfig(**kw).validate()
 
 
-def test_compound_exponents():
+def test_compound_exponents(traced_zoo):
     from fxscale.scaling.pipeline import Pipeline
     pipe = Pipeline.__new__(Pipeline)
     pipe.cfg = ScaleConfig(flops_scale=4.0)
-    pipe.gm = fxscale.trace(zoo.create_model("resnet18"), torch.zeros(1, 3, 64, 64))
-    pipe.cg = fxscale.analyze(pipe.gm)
+    pipe.gm, pipe.cg, _x = traced_zoo("resnet18", 64)
     plan = pipe.compound_plan(0.5)  # r = w = 4^(1/4) = sqrt(2)
     assert plan.resolution == (round(64 * math.sqrt(2)),) * 2
     flops = fxscale.cost(pipe.cg, plan, mode="input").flops / fxscale.cost(pipe.cg).flops

@@ -91,3 +91,53 @@ def test_unknown_operand_freezes_every_side():
     new = fxscale.transform(gm, _uniform(cg), init="preserve")   # every plan that validates transforms
     with torch.no_grad():
         assert torch.allclose(new(x), model(x), atol=1e-5)
+
+
+class OpaqueThenConv(nn.Module):
+    """y = erf(a(x)) + b(x) freezes a and b; c after it is a fresh space and stays scalable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.h = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.special.erf(self.a(x)) + self.b(x)
+        return self.h(torch.relu(self.c(y)))
+
+
+def test_an_opaque_output_freezes_what_it_meets_but_not_what_follows():
+    model, x = OpaqueThenConv().eval(), torch.randn(1, 3, 6, 6)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    by_producer = {p: g for g in cg.groups for p in g.producers}
+    assert not by_producer["b"].scalable and "erf" in by_producer["b"].reason  # names the operand it met
+    assert by_producer["c"].scalable
+    new = fxscale.transform(gm, _uniform(cg), init="preserve")
+    with torch.no_grad():
+        assert torch.allclose(new(x), model(x), atol=1e-5)
+
+
+class HeadsMatmul(nn.Module):
+    """q @ k^T with a heads dim in the batch position: the two heads dims must be one space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.h = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(5, 3)
+
+    def forward(self, x):
+        q = self.q(x).unflatten(-1, (2, 4)).transpose(1, 2)  # [B, heads, T, d]
+        k = self.k(x).unflatten(-1, (2, 4)).transpose(1, 2)
+        return self.h(q @ k.transpose(-2, -1)).sum(1)
+
+
+def test_matmul_batch_dims_are_tied():
+    model, x = HeadsMatmul().eval(), torch.randn(2, 5, 8)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    groups = {g.name: g for g in cg.groups}
+    q_group = next(g for g in cg.groups if "q" in g.producers)
+    assert "k" in q_group.producers or not q_group.scalable, cg.table()
+    for g in cg.scalable:  # every plan that validates transforms and verifies
+        new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: 2 * g.width}), init="reinit")
+        assert new(x).shape == (2, 5, 3)
+    assert groups

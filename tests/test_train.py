@@ -26,11 +26,6 @@ def tiny_cnn(widths=(8, 16, 32), channels: int = 1, classes: int = 10, seed: int
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
 
 
-@pytest.fixture(scope="module")
-def digits() -> DataBundle:
-    return get_dataset("digits")
-
-
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -191,6 +186,7 @@ print("RESULT", json.dumps([os.environ["RANK"], r.train_loss, r.val_acc, evaluat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~8 s, but the torchrun subprocess may take its own 300 s timeout: outlive it
 def test_torchrun_two_cpu_ranks_agree(tmp_path) -> None:
     import json
     import subprocess

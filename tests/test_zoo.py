@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,34 +13,12 @@ from fxscale import zoo
 from fxscale.errors import FxscaleError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny forwards are far faster on one intra-op thread on the shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def build() -> Callable[[str], nn.Module]:
-    """Build each zoo model once per module (vit_b_16 and convnext_tiny take seconds)."""
-    cache: dict[str, nn.Module] = {}
-
-    def _build(name: str) -> nn.Module:
-        if name not in cache:
-            cache[name] = zoo.create_model(name).eval()
-        return cache[name]
-
-    return _build
-
-
 @pytest.mark.parametrize("name", zoo.representative_slice())
-def test_slice_forward_at_small_input(name: str, build: Callable[[str], nn.Module]) -> None:
+def test_slice_forward_at_small_input(name: str, zoo_model: Callable[[str], nn.Module]) -> None:
     spec = zoo.get_spec(name)
     assert spec.in_slice and spec.small_input_size <= spec.full_input_size
     with torch.no_grad():
-        out = build(name)(spec.example_input())
+        out = zoo_model(name)(spec.example_input())
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
 
 
@@ -79,8 +57,8 @@ def test_aux_heads_in_train_mode(name: str, n_aux: int) -> None:
         assert isinstance(model.eval()(spec.example_input()), torch.Tensor)
 
 
-def test_randomize_makes_vit_logits_nondegenerate(build: Callable[[str], nn.Module]) -> None:
-    model = copy.deepcopy(build("vit_b_16"))
+def test_randomize_makes_vit_logits_nondegenerate(zoo_model: Callable[[str], nn.Module]) -> None:
+    model = copy.deepcopy(zoo_model("vit_b_16"))
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.count_nonzero(model(x)) == 0, "torchvision's ViT head is zero-initialised"

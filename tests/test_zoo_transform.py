@@ -1,16 +1,13 @@
 """Model-zoo transforms: the representative slice always runs; the whole torchvision zoo behind -m zoo."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+from helpers import random_widths
 
 import fxscale
 from fxscale import zoo
 from fxscale.export import export_onnx
-
-torch.set_num_threads(1)
 
 # Every model takes the resolution step (ViT: position embeddings resampled and the image-size asserts
 # rewritten; Swin: windows padded at run time). MaxViT's partitions (size 7 at stride 32) need inputs that are
@@ -42,9 +39,7 @@ def _run(name: str, seed: int = 0, onnx_dir=None) -> None:
     with torch.no_grad():
         ref, out = gm(x), new(x)
     assert ((ref - out).abs().max() / ref.abs().max()).item() <= 1e-4, f"{name}: growth not preserving"
-    rng = random.Random(seed)
-    widths = {g.name: max(g.divisor, round(g.width * rng.uniform(0.5, 2) / g.divisor) * g.divisor)
-              for g in cg.scalable}
+    widths = random_widths(cg, 0.5, 2, seed)
     res = (int(side * RESOLUTION_SCALE.get(spec.family, 1.5)),) * 2
     for init in ("preserve", "prune", "reinit"):
         new = fxscale.transform(gm, fxscale.ScalingPlan(widths=widths, resolution=res), init=init)
@@ -62,12 +57,14 @@ def _run(name: str, seed: int = 0, onnx_dir=None) -> None:
         assert rep.opset == opset and rep.max_abs_diff < 1e-3
 
 
+@pytest.mark.timeout(600)  # the heaviest default tests: vit_b_16 ~30 s, vgg11_bn ~19 s on a contended 2-core box
 @pytest.mark.parametrize("name", zoo.representative_slice())
 def test_representative_slice(name, tmp_path):
     _run(name, onnx_dir=None if name.startswith(("vit_", "convnext")) else tmp_path)
 
 
 @pytest.mark.zoo
+@pytest.mark.timeout(900)  # up to ~60 s per model (vit_b_32, ONNX export included) on a contended 2-core box
 @pytest.mark.parametrize("name", [n for n in zoo.list_models() if zoo.get_spec(n).params_millions <= MAX_PARAMS_M])
 def test_full_zoo(name, tmp_path):
     _run(name, onnx_dir=tmp_path)

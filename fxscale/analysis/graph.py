@@ -93,7 +93,8 @@ def _call_module(ctx: Ctx, node: fx.Node) -> Any:
             ctx.freeze_value(ctx.lab(a), reason)
         if any(True for _ in mod.parameters(recurse=True)):
             ctx.notes.append(reason)
-        return None
+        from fxscale.analysis.ops import opaque_output
+        return opaque_output(ctx, node)
     return row.rule(ctx, node, mod)
 
 

@@ -26,10 +26,10 @@ def elementwise(ctx: Ctx, node: fx.Node) -> Any:
         return None
     nd = len(shape)
     out: list = [None] * nd
-    unlabelled = [False] * nd
+    unlabelled: list = [None] * nd  # per output dim: an operand that meets it with no channel label
     operands = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(ctx.shape(a), tuple)]
-    if any(not isinstance(ctx.lab(a), list) for a in operands):
-        return unknown(ctx, node)  # a tensor operand of unknown layout: every operand is frozen
+    opaque = [a for a in operands if not isinstance(ctx.lab(a), list)]
+    operands = [a for a in operands if a not in opaque]
     for a in operands:
         la, sa = ctx.lab(a), ctx.shape(a)
         off = nd - len(sa)
@@ -38,14 +38,17 @@ def elementwise(ctx: Ctx, node: fx.Node) -> Any:
             if s == 1 and shape[j] != 1:
                 continue
             if lab is None:
-                unlabelled[j] = True
+                unlabelled[j] = unlabelled[j] or a
             elif out[j] is None:
                 out[j] = lab
             else:
                 ctx.tie(out[j], lab, f"node {node.name}")
     for j in range(nd):
-        if unlabelled[j] and out[j] is not None and j > 0:
-            ctx.atoms.freeze(out[j], f"node {node.name}: channel dim combined with a non-channel dim")
+        if unlabelled[j] is not None and out[j] is not None and j > 0:
+            ctx.atoms.freeze(out[j], f"node {node.name}: channel dim combined with a non-channel dim of "
+                                     f"{getattr(unlabelled[j], 'name', unlabelled[j])}")
+    if opaque:  # an operand of unknown layout: the channels it meets cannot change
+        ctx.freeze_value(out, f"node {node.name}: combined with {opaque[0].name}, whose channel layout is unknown")
     return out
 
 
@@ -313,8 +316,20 @@ def matmul(ctx: Ctx, node: fx.Node) -> Any:
         ctx.freeze_value((la, lb), f"node {node.name}: matmul of vectors")
         return [None] * len(ctx.shape(node))
     ctx.tie(la[-1], lb[-2], f"node {node.name}")
-    batch = la[:-2] if len(la) >= len(lb) else lb[:-2]
-    return list(batch) + [la[-2], lb[-1]]
+    sa, sb = ctx.shape(a), ctx.shape(b)
+    n = max(len(la), len(lb)) - 2
+    batch: list = []
+    for k in range(n):  # batch dims broadcast like an elementwise op: dims that meet are tied
+        ia, ib = len(la) - 2 - n + k, len(lb) - 2 - n + k
+        xa = la[ia] if ia >= 0 and sa[ia] != 1 else None
+        xb = lb[ib] if ib >= 0 and sb[ib] != 1 else None
+        meet = ia >= 0 and ib >= 0 and sa[ia] != 1 and sb[ib] != 1
+        if meet and (xa is None) != (xb is None):
+            ctx.atoms.freeze(xa or xb, f"node {node.name}: batch dim of a matmul meets a non-channel dim")
+        elif meet and xa is not None:
+            ctx.tie(xa, xb, f"node {node.name}")
+        batch.append(xa if xa is not None else xb)
+    return batch + [la[-2], lb[-1]]
 
 
 def _bcast(a: tuple, b: tuple) -> int:
@@ -393,6 +408,15 @@ def unknown(ctx: Ctx, node: fx.Node) -> Any:
     for a in list(node.args) + list(node.kwargs.values()):
         for item in (a if isinstance(a, (list, tuple)) else [a]):
             ctx.freeze_value(ctx.lab(item), reason)
+    return opaque_output(ctx, node)
+
+
+def opaque_output(ctx: Ctx, node: fx.Node) -> Any:
+    """The labels of an output no rule explains: a tensor of known shape with no channel space (every dim
+    unlabelled), so whatever it meets downstream is frozen there; None for a non-tensor or a container."""
+    shape = ctx.shape(node)
+    if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape):
+        return [None] * len(shape)
     return None
 
 
