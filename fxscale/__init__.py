@@ -1,4 +1,5 @@
 """fxscale: a torch.fx compiler for hardware-aware model scaling (HACScale)."""
+from fxscale._version import __version__ as __version__  # the one version source (pyproject reads it too)
 from fxscale.analysis.graph import ChannelGraph, ChannelGroup, analyze
 from fxscale.api import transform
 from fxscale.cost import CostReport, cost
@@ -30,4 +31,3 @@ def __getattr__(name: str):
 
 __all__ = ["ChannelGraph", "ChannelGroup", "CostReport", "cost", "FxscaleError", "PlanError", "ScalingPlan", "TargetError", "TraceError",
            "VerificationError", "analyze", "export_onnx", "trace", "train_graph_module", "transform"]
-__version__ = "0.1.0"

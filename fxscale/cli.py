@@ -288,9 +288,29 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_jetson_bundle(sub: argparse._SubParsersAction) -> None:
+    """Register `fxscale jetson-bundle OUT` (fxscale.hw.jetson.bundle: works from an installed wheel)."""
+    p = sub.add_parser("jetson-bundle", help="write the folder to copy to a Jetson board (runner.py and its parsers)",
+                       description="Write runner.py, trtparse.py and tegrastats.py (stdlib only, Python 3.6) into "
+                                   "OUT. Copy OUT and the ONNX files to the board and run "
+                                   "`python3 OUT/runner.py ONNX_DIR --out RESULTS` there.")
+    p.add_argument("out", metavar="OUT", help="folder to write (created; existing bundle files are overwritten)")
+
+    def run(args: argparse.Namespace) -> int:
+        from fxscale.hw.jetson import bundle
+        written = bundle(args.out)
+        print(f"wrote {', '.join(w.name for w in written)} to {args.out}; on the board run: "
+              f"python3 {Path(args.out) / 'runner.py'} ONNX_DIR --out RESULTS")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
+    from fxscale._version import __version__
     parser = argparse.ArgumentParser(prog="fxscale", description="Hardware-aware model scaling on torch.fx graphs")
+    parser.add_argument("--version", action="version", version=f"fxscale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="print the channel groups of a model")
     _add_model_args(p)
@@ -309,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost(sub)
     _add_measure(sub)
     _add_profile(sub)
+    _add_jetson_bundle(sub)
     from fxscale.scaling.cli import add_scale_command
     add_scale_command(sub)
     return parser

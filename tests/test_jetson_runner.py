@@ -1,4 +1,4 @@
-"""benchmarks/jetson/runner.py with a fake trtexec / tegrastats, its Python 3.6 compatibility, and bundle()."""
+"""fxscale/hw/runner.py with a fake trtexec / tegrastats, its Python 3.6 compatibility, and bundle()."""
 from __future__ import annotations
 
 import ast
@@ -17,7 +17,7 @@ from fxscale.hw import jetson, table1, trtparse
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).parent / "fixtures" / "fakes"
-RUNNER = ROOT / "benchmarks" / "jetson" / "runner.py"
+RUNNER = ROOT / "fxscale" / "hw" / "runner.py"
 PARSER = ROOT / "fxscale" / "hw" / "trtparse.py"
 TEGRA = ROOT / "fxscale" / "hw" / "tegrastats.py"
 PY36_STDLIB = {"argparse", "io", "json", "os", "platform", "re", "shutil", "subprocess", "sys", "tempfile",
@@ -152,7 +152,7 @@ def test_runner_power_error_keeps_latency(bench, tmp_path):
 # ------------------------------------------------------------------------------------ runner internals
 @pytest.fixture(scope="module")
 def runner_module():
-    """runner.py imported from the checkout (falls back to fxscale.hw.trtparse)."""
+    """runner.py imported from the package folder (falls back to fxscale.hw.trtparse)."""
     spec = importlib.util.spec_from_file_location("fxscale_jetson_runner", RUNNER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,7 +1,7 @@
 """Parsers for trtexec / tegrastats output and the trtexec command line (stdlib only, Python >= 3.6).
 
 Single source of truth for the on-device benchmark: `fxscale.hw.jetson.bundle(dir)` copies this file next to
-`benchmarks/jetson/runner.py`, which then runs with a Jetson's Python 3.6 standard library (JetPack 4.6 on TX2).
+`fxscale/hw/runner.py`, which then runs with a Jetson's Python 3.6 standard library (JetPack 4.6 on TX2).
 Keep it free of third-party imports, dataclasses, walrus, `from __future__ import annotations`, and f-string `=`.
 
 Formats (see shared/notes/hardware.md sections 2.3-2.5):

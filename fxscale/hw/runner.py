@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Time every ONNX model of a folder with trtexec on a Jetson (HACScale protocol) and sample its power.
 
-Runs with the board's Python 3.6+ standard library only (JetPack 4.6 on TX2). It needs `trtparse.py` in the same
-folder: copy `fxscale/hw/trtparse.py` and this file into one folder, e.g. on the host
+Runs with the board's Python 3.6+ standard library only (JetPack 4.6 on TX2). It needs `trtparse.py` and
+`tegrastats.py` in the same folder: `fxscale jetson-bundle DIR` (or `fxscale.hw.jetson.bundle(DIR)`) writes the three
+files into one folder from an installed fxscale, e.g. on the host
 
-    python -c "import fxscale.hw.jetson as j; j.bundle('jetson_bench')"
+    fxscale jetson-bundle jetson_bench
     scp -r jetson_bench models/ tx2:~/
 
 and on the board
