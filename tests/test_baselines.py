@@ -61,7 +61,7 @@ def next_plan(cg, plan):
         return B.compound_plan(cg, 1.2 ** phi, 1.1 ** phi, 1.15 ** phi, stages=stages, align=m["align"])
     if m["method"] == "dollar":
         s = m["s"] * (1 + eps)
-        return B.compound_plan(cg, s ** (0.2 / 3), s ** 0.4, s ** (0.2 / 3), stages=stages, align=m["align"],
+        return B.compound_plan(cg, s ** 0.1, s ** 0.4, s ** 0.05, stages=stages, align=m["align"],
                                depth_rounding="round")
     if m["method"] == "neuralscale":
         p0 = m["params_target"] / m["params_ratio"]
@@ -184,7 +184,7 @@ def test_compound_exponents(resnet):
     m = plan.meta
     assert m["alpha"] == 0.8
     assert m["d"] * m["w"] ** 2 * m["r"] ** 2 == pytest.approx(m["s"], rel=1e-9)
-    assert m["w"] == pytest.approx(m["s"] ** 0.4) and m["d"] == pytest.approx(m["r"])
+    assert (m["d"], m["w"], m["r"]) == pytest.approx((m["s"] ** 0.1, m["s"] ** 0.4, m["s"] ** 0.05))  # pycls d1_w8_r1
     ach = m["achieved"]
     assert abs(ach["r"] - m["r"]) <= 0.5 / 8 + 1e-9  # resolution rounded to a pixel
     assert abs(ach["w"] - m["w"]) <= 0.5 / 16 + 1e-9  # widths rounded to a channel (narrowest group: 16)
@@ -305,6 +305,16 @@ GOLDEN_RESNET_FS2 = {
     "uniform": ({"stages.0.0.conv1": 22, "stages.0.1.conv1": 22, "stages.1.0.conv1": 45, "stages.1.0.conv2": 45,
                  "stages.1.1.conv1": 45, "stem.0": 22}, None, {}, 1.40625, 4322916),
 }
+
+
+def test_dollar_factors_are_pycls_fast_compound_scaling():
+    """Dollar et al. "d1_w8_r1" (alpha = 0.8): d = s^0.1, w = s^0.4, r = s^0.05, and d * w^2 * r^2 = s."""
+    for s in (1.0, 2.0, 4.0, 10.0):
+        d, w, r = B.dollar_factors(s)
+        assert (d, w, r) == pytest.approx((s ** 0.1, s ** 0.4, s ** 0.05))
+        assert d * w * w * r * r == pytest.approx(s)
+    d, w, r = B.dollar_factors(4.0, alpha=0.5)
+    assert (d, w, r) == pytest.approx((4.0 ** 0.25, 4.0 ** 0.25, 4.0 ** 0.125))
 
 
 def test_table_rows_are_the_registry():

@@ -1,4 +1,4 @@
-"""Importance predictor: per group I = a * C^b fitted with scipy (log-space start, NLS refinement)."""
+"""Importance predictor: per group I = a * C^b fitted in log space (leave-one-out choice of two log-space fits)."""
 from __future__ import annotations
 
 import math
@@ -32,10 +32,13 @@ class PowerLaw:
 
 
 def fit_power_law(widths: Sequence[float], values: Sequence[float]) -> PowerLaw:
-    """Fit I = a*C^b: linear least squares in log space, then non-linear least squares (scipy curve_fit)."""
-    from scipy.optimize import curve_fit
-    from scipy.stats import linregress
+    """Fit I = a*C^b in log space: importance is compared across widths by ratios, not differences.
 
+    Two fits are candidates: least squares on log I (the exact log-space fit) and non-linear least squares
+    weighted by 1/I^2 (relative errors; scipy curve_fit with sigma = I). With at least 3 distinct widths the
+    one with the smaller leave-one-out error of log I is kept; otherwise the log-space fit. An unweighted fit
+    in linear space is never used: its largest values (the narrowest widths) dominate it.
+    """
     c = np.asarray(widths, dtype=float)
     v = np.asarray(values, dtype=float)
     keep = (c > 0) & (v > 0) & np.isfinite(v)
@@ -43,18 +46,44 @@ def fit_power_law(widths: Sequence[float], values: Sequence[float]) -> PowerLaw:
     if len(c) < 2 or len(np.unique(c)) < 2:
         raise FxscaleError(f"power-law fit needs importance at >= 2 distinct widths with positive importance; "
                            f"got widths {sorted(set(c.tolist()))}: sample more width configurations")
-    lr = linregress(np.log(c), np.log(v))
-    a, b = math.exp(lr.intercept), float(lr.slope)
-    note = "log-space fit"
+    fits = {"log-space fit": _fit_log, "relative-error NLS": _fit_relative}
+    chosen, a, b = "log-space fit", *_fit_log(c, v)
+    if len(np.unique(c)) >= 3 and len(c) >= 3:
+        errors = {name: _loo_log_error(fn, c, v) for name, fn in fits.items()}
+        chosen = min(errors, key=lambda k: (errors[k], k != "log-space fit"))
+        a, b = fits[chosen](c, v)
+    return PowerLaw(a, b, _r2(v, a * c ** b), _r2(np.log(v), np.log(a) + b * np.log(c)), len(c), chosen)
+
+
+def _fit_log(c: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """Least squares of log I = log a + b log C."""
+    b, log_a = np.polyfit(np.log(c), np.log(v), 1)
+    return float(math.exp(log_a)), float(b)
+
+
+def _fit_relative(c: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """Least squares of (I - a C^b) / I (curve_fit with sigma = I), started at the log-space fit."""
+    from scipy.optimize import curve_fit
+    a0, b0 = _fit_log(c, v)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            (a2, b2), _ = curve_fit(lambda x, a, b: a * np.power(x, b), c, v, p0=(a, b), maxfev=2000)
-        if np.isfinite(a2) and np.isfinite(b2) and a2 > 0 and _r2(v, a2 * c ** b2) >= _r2(v, a * c ** b):
-            a, b, note = float(a2), float(b2), "NLS"
+            (a, b), _ = curve_fit(lambda x, a, b: a * np.power(x, b), c, v, p0=(a0, b0), sigma=v, maxfev=2000)
     except (RuntimeError, ValueError):
-        note = "log-space fit (NLS did not converge)"
-    return PowerLaw(a, b, _r2(v, a * c ** b), _r2(np.log(v), np.log(a) + b * np.log(c)), len(c), note)
+        return a0, b0
+    return (float(a), float(b)) if np.isfinite(a) and np.isfinite(b) and a > 0 else (a0, b0)
+
+
+def _loo_log_error(fit: Any, c: np.ndarray, v: np.ndarray) -> float:
+    """Mean squared error of log I at each point, fitted without that point."""
+    errs = []
+    for i in range(len(c)):
+        rest = np.arange(len(c)) != i
+        if len(np.unique(c[rest])) < 2:
+            continue
+        a, b = fit(c[rest], v[rest])
+        errs.append((math.log(v[i]) - math.log(a) - b * math.log(c[i])) ** 2)
+    return float(np.mean(errs)) if errs else math.inf
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:

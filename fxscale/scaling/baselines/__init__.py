@@ -50,16 +50,43 @@ import torch
 
 from fxscale.analysis.graph import ChannelGraph
 from fxscale.plan import ScalingPlan
-from fxscale.scaling.baselines.neuralscale import (NEURALSCALE_FRACTIONS, default_channel_scores, fit_neuralscale,
-                                                   neuralscale_plan, neuralscale_samples)
-from fxscale.scaling.baselines.plans import (compound_plan, depth_plan, repeatable_stages, resolution_plan,
-                                             uniform_plan)
-from fxscale.scaling.baselines.registry import (BASELINES, BaselineFn, create_baseline, get_baseline, list_baselines,
-                                                register_baseline)
+from fxscale.scaling.baselines.neuralscale import (
+    NEURALSCALE_FRACTIONS,
+    default_channel_scores,
+    fit_neuralscale,
+    neuralscale_plan,
+    neuralscale_samples,
+)
+from fxscale.scaling.baselines.plans import (
+    compound_plan,
+    depth_plan,
+    repeatable_stages,
+    resolution_plan,
+    uniform_plan,
+)
+from fxscale.scaling.baselines.registry import (
+    BASELINES,
+    BaselineFn,
+    create_baseline,
+    get_baseline,
+    list_baselines,
+    register_baseline,
+)
 from fxscale.scaling.baselines.search import BISECT_STEPS, Knob, Search, run_baseline
-from fxscale.scaling.baselines.table import (DOLLAR_ALPHA, EFFICIENTNET_ALPHA, EFFICIENTNET_BETA, EFFICIENTNET_GAMMA,
-                                             MAX_DEPTH_ROUNDS, MAX_PARAMS_RATIO, MAX_PHI, MAX_RESOLUTION, MAX_S,
-                                             MAX_WIDTH, TABLE)
+from fxscale.scaling.baselines.table import (
+    DOLLAR_ALPHA,
+    EFFICIENTNET_ALPHA,
+    EFFICIENTNET_BETA,
+    EFFICIENTNET_GAMMA,
+    MAX_DEPTH_ROUNDS,
+    MAX_PARAMS_RATIO,
+    MAX_PHI,
+    MAX_RESOLUTION,
+    MAX_S,
+    MAX_WIDTH,
+    TABLE,
+    dollar_factors,
+)
 from fxscale.scaling.budget import Budget, Evaluator
 
 
@@ -86,7 +113,7 @@ neuralscale = BASELINES["neuralscale"]
 __all__ = ["BASELINES", "BISECT_STEPS", "BaselineFn", "DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA",
            "EFFICIENTNET_GAMMA", "Knob", "MAX_DEPTH_ROUNDS", "MAX_PARAMS_RATIO", "MAX_PHI", "MAX_RESOLUTION", "MAX_S",
            "MAX_WIDTH", "NEURALSCALE_FRACTIONS", "Search", "TABLE", "baseline_fn", "compound_plan", "create_baseline",
-           "default_channel_scores", "depth", "depth_plan", "dollar", "efficientnet", "fit_neuralscale",
+           "default_channel_scores", "depth", "depth_plan", "dollar", "dollar_factors", "efficientnet", "fit_neuralscale",
            "get_baseline", "list_baselines", "neuralscale", "neuralscale_plan", "neuralscale_samples",
            "register_baseline", "repeatable_stages", "resolution", "resolution_plan", "run_baseline", "uniform",
            "uniform_plan"]

@@ -70,9 +70,10 @@ def _efficientnet_factors(phi: float) -> tuple[float, float, float]:
     return EFFICIENTNET_ALPHA ** phi, EFFICIENTNET_BETA ** phi, EFFICIENTNET_GAMMA ** phi
 
 
-def _dollar_factors(s: float) -> tuple[float, float, float]:
-    a = DOLLAR_ALPHA
-    return s ** ((1 - a) / 3), s ** (a / 2), s ** ((1 - a) / 3)
+def dollar_factors(s: float, alpha: float = DOLLAR_ALPHA) -> tuple[float, float, float]:
+    """Dollar et al. fast compound scaling (pycls scaler "d1_w8_r1" for alpha = 0.8): FLOPs factor s split as
+    d = s^((1-alpha)/2), w = s^(alpha/2), r = s^((1-alpha)/4), so that d * w^2 * r^2 = s."""
+    return s ** ((1 - alpha) / 2), s ** (alpha / 2), s ** ((1 - alpha) / 4)
 
 
 TABLE: dict[str, Knob] = {row.name: row for row in [
@@ -87,10 +88,10 @@ TABLE: dict[str, Knob] = {row.name: row for row in [
                                                                   "r": EFFICIENTNET_GAMMA}}),
          start=ROUNDED_START,
          doc="Tan & Le compound scaling: d, w, r = 1.2^phi, 1.1^phi, 1.15^phi for the largest phi that fits."),
-    Knob("dollar", "s", 1.0, MAX_S, 2.0, _compound(_dollar_factors, "round", before={"alpha": DOLLAR_ALPHA}),
+    Knob("dollar", "s", 1.0, MAX_S, 2.0, _compound(dollar_factors, "round", before={"alpha": DOLLAR_ALPHA}),
          start=ROUNDED_START,
-         doc="Dollar et al. fast compound scaling: w = s^(alpha/2), d = r = s^((1-alpha)/3), alpha = 0.8; "
-             "largest s."),
+         doc="Dollar et al. fast compound scaling: d = s^((1-alpha)/2), w = s^(alpha/2), r = s^((1-alpha)/4), "
+             "alpha = 0.8; largest s."),
     Knob("neuralscale", "params_ratio", 1.0, MAX_PARAMS_RATIO, 2.0, neuralscale_knob,  # lo, first: from the fit
          start=SMALLEST_START,
          doc="Lee & Lee 2020: widths from a params power law fitted to simulated pruning; largest params target "
@@ -99,5 +100,5 @@ TABLE: dict[str, Knob] = {row.name: row for row in [
 ]}
 
 
-__all__ = ["DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA", "EFFICIENTNET_GAMMA", "MAX_DEPTH_ROUNDS",
+__all__ = ["dollar_factors", "DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA", "EFFICIENTNET_GAMMA", "MAX_DEPTH_ROUNDS",
            "MAX_PARAMS_RATIO", "MAX_PHI", "MAX_RESOLUTION", "MAX_S", "MAX_WIDTH", "TABLE"]
