@@ -43,7 +43,21 @@ def _trace_graph(model: nn.Module, leaf_modules: Sequence[type]) -> fx.GraphModu
             f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
             "Data-dependent control flow or unsupported Python in forward() must be hidden inside a leaf: "
             "pass leaf_modules=[TheModuleType] to fxscale.trace (or torch.fx.wrap a free function).") from e
+    _resolve_types(graph, model)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _resolve_types(graph: fx.Graph, model: nn.Module) -> None:
+    """Node types fx took from string annotations (``from __future__ import annotations``) become the objects
+    they name, or None: a string type in the generated code's globals cannot be pickled on torch 2.13."""
+    import sys
+    scope = dict(vars(sys.modules.get(type(model).__module__, torch)), torch=torch)
+    for node in graph.nodes:
+        if isinstance(node.type, str):
+            try:
+                node.type = eval(node.type, scope)  # noqa: S307 - an annotation of the model's own source
+            except Exception:  # noqa: BLE001 - unresolvable: drop the annotation
+                node.type = None
 
 
 def propagate_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:

@@ -141,3 +141,17 @@ def test_matmul_batch_dims_are_tied():
         new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: 2 * g.width}), init="reinit")
         assert new(x).shape == (2, 5, 3)
     assert groups
+
+
+def test_string_annotations_are_resolved_so_the_graph_pickles():
+    """A model module with `from __future__ import annotations` gives fx string node types; torch 2.13 cannot
+    pickle a GraphModule whose generated code has a string global."""
+    import io
+
+    from fxscale import zoo
+    gm = fxscale.trace(zoo.create_model("digits_resnet").eval(), torch.randn(1, 1, 8, 8))
+    assert not any(isinstance(n.type, str) for n in gm.graph.nodes)
+    buf = io.BytesIO()
+    torch.save(gm, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
