@@ -12,6 +12,15 @@ importable) the same models also get Torch-Pruning's DependencyGraph build and a
 in a second subprocess (TP needs >20 GB on swin_t), reported as fxscale/TP ratios.
 
     python benchmarks/zoo_coverage.py --models slice --small --csv out/zoo.csv
+
+With ``--zoo timm`` the sweep runs over TIMM_MODELS (timm architecture families, <= 30M parameters, random init,
+64 px inputs except TIMM_INPUT; ``--models`` may name a subset) with stages build -> trace -> analyze -> widen
+(every scalable group grown x1..x2, or x2 where LayerNorm/GroupNorm/attention spans channels; init="preserve",
+checked exact in float64: max|diff| <= 1e-5 * max|output|) -> narrow (x0.5..x1, init="prune") -> resolution (the widened
+widths at x1.5 resolution) -> onnx (that model, opset 17), and prints the pass count and the median scalable
+width fraction (channels in scalable groups / channels in all groups):
+
+    python benchmarks/zoo_coverage.py --zoo timm --csv benchmarks/results/zoo_coverage_timm.csv
 """
 from __future__ import annotations
 
@@ -34,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_TAG = "ZOO_RESULT "
-FIELDS = ("model", "status", "stage", "reason", "size", "new_size", "groups", "scalable", "trace_ms",
+FIELDS = ("model", "status", "stage", "reason", "size", "new_size", "groups", "scalable", "width_frac", "widen_rel_diff",
+          "trace_ms",
           "analyze_ms", "transform_ms", "forward_ms", "onnx_ms", "onnx_max_abs_diff", "onnx_rel_diff", "seconds",
           "tp_status", "tp_dg_ms", "tp_prune_ms", "ratio_analyze_tp_dg", "ratio_transform_tp_prune")
 
@@ -42,7 +52,9 @@ FIELDS = ("model", "status", "stage", "reason", "size", "new_size", "groups", "s
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="slice", help="'all', 'slice' or a comma-separated list of zoo names")
+    p.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision",
+                   help="torchvision (zoo names) or timm (TIMM_MODELS; --models may name a subset)")
+    p.add_argument("--models", default=None, help="'all', 'slice' or a comma-separated list of zoo names")
     p.add_argument("--skip-slow", action="store_true", help="with --models all: leave out >150M-parameter models")
     p.add_argument("--small", action="store_true", help="use each model's small test input instead of 224/299")
     p.add_argument("--csv", type=Path, help="also write one row per model to this CSV file")
@@ -56,10 +68,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def select_models(spec: str, skip_slow: bool) -> list[str]:
+def select_models(spec: str | None, skip_slow: bool, which: str = "torchvision") -> list[str]:
     """Resolve --models into zoo names (unknown names fail here, with close matches)."""
     from fxscale import zoo
 
+    if which == "timm":
+        names = list(TIMM_MODELS) if spec in (None, "all", "slice") else \
+            [n.strip() if n.strip().startswith("timm:") else f"timm:{n.strip()}" for n in spec.split(",") if n.strip()]
+        for n in names:
+            zoo.get_spec(n)
+        return names
+    spec = spec or "slice"
     if spec == "all":
         return zoo.list_models(include_slow=not skip_slow)
     if spec == "slice":
@@ -169,6 +188,141 @@ def run_fxscale(name: str, small: bool, seed: int, row: dict[str, Any]) -> None:
     row.update(status="ok", stage="")
 
 
+# ---- timm sweep ----------------------------------------------------------------------------------------------
+# Architecture families of timm (the timm module defining each model), one to three small models each, <= 30M
+# parameters, random weights. Built for 64 px (or TIMM_INPUT); models built for one input size get img_size.
+TIMM_FAMILIES = {
+    "efficientnet (BatchNormAct2d, SE, Conv2dSame)": ("efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_b0",
+                                                      "mixnet_s", "tinynet_a", "fbnetc_100", "mnasnet_small",
+                                                      "hardcorenas_a", "lcnet_050", "mobilenetv2_050"),
+    "mobilenetv3": ("mobilenetv3_small_050", "mobilenetv3_large_100"),
+    "resnet": ("resnet10t", "resnet18d", "seresnext26d_32x4d", "ecaresnet26t"),
+    "resnetv2 (StdConv2d)": ("resnetv2_50x1_bit",),
+    "nfnet (ScaledStdConv2d)": ("nf_resnet26",),
+    "sknet / resnest": ("skresnet18", "resnest14d"),
+    "rexnet / ghostnet": ("rexnet_100", "ghostnet_050", "ghostnetv2_100"),
+    "regnet": ("regnetx_002", "regnety_002"),
+    "dla / densenet / dpn": ("dla34", "densenet121", "dpn68"),
+    "cspnet / byobnet / vovnet / hrnet": ("cspresnet50", "gernet_s", "repvgg_a0", "ese_vovnet19b_dw",
+                                          "hrnet_w18_small"),
+    "res2net / selecsls / inception": ("res2net50_14w_8s", "selecsls42b", "inception_v3"),
+    "vision_transformer / deit / cait / xcit": ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "cait_xxs24_224",
+                                                "xcit_nano_12_p16_224"),
+    "convnext": ("convnext_atto", "convnextv2_atto"),
+    "efficientformer": ("efficientformer_l1", "efficientformerv2_s0"),
+    "mobilevit": ("mobilevit_xxs", "mobilevitv2_050"),
+    "levit / pit / crossvit / coat / convit": ("levit_128s", "pit_ti_224", "crossvit_tiny_240", "coat_lite_tiny",
+                                               "convit_tiny"),
+    "metaformer / mlp": ("poolformer_s12", "mixer_s32_224", "resmlp_12_224"),
+    "edgenext / fastvit / mobileone / efficientvit": ("edgenext_xx_small", "fastvit_t8", "mobileone_s0",
+                                                      "efficientvit_b0"),
+    "tiny_vit / pvt_v2 / twins / swin": ("tiny_vit_5m_224", "pvt_v2_b0", "twins_svt_small",
+                                         "swin_tiny_patch4_window7_224"),
+    "starnet / hgnet / halonet / maxxvit": ("starnet_s1", "hgnetv2_b0", "halonet26t", "coatnet_nano_rw_224"),
+}
+TIMM_MODELS = tuple(f"timm:{n}" for names in TIMM_FAMILIES.values() for n in names)
+TIMM_SIZE = 64
+# Documented exceptions to "64 px": the smallest input each of these builds and runs at (img_size for models built
+# for one size). inception_v3: 3x3 valid convs need > 64 px; efficientformer_l1: its last-stage attention biases are
+# for a 7x7 map (224 px); crossvit: two patch sizes (12, 16) and a resize between branches, only at its own 240 px;
+# halonet26t: 8x8 blocks at stride 32 (256 px); swin: windows of 7 at every stage (4 * 7 * 4 = 112 px).
+TIMM_INPUT = {"inception_v3": 96, "efficientformer_l1": 224, "crossvit_tiny_240": 240, "halonet26t": 256,
+              "swin_tiny_patch4_window7_224": 112}
+TIMM_OPSET = 17
+# ops whose statistics or scores span a channel dim: preserve growth is exact under uniform x2 only (README)
+SPANNING = {"layernorm", "groupnorm", "layer_norm_fn", "group_norm_fn", "mha", "sdpa", "matmul", "matmul_m",
+            "einsum"}
+EXACT_REL_TOL = 1e-5  # widen, in float64: max|grown - original| / max|original|
+
+
+def _timm_build(name: str, seed: int) -> tuple[Any, Any, int]:
+    """A calibrated random-init timm model, its example input and its side."""
+    import torch
+
+    from fxscale import zoo
+
+    spec = zoo.get_spec(name)
+    size = TIMM_INPUT.get(name.split(":", 1)[1], TIMM_SIZE)
+    kwargs = {"img_size": size} if spec.fixed_input and size != spec.full_input_size else {}
+    model = zoo.create_model(name, **kwargs).eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    zoo.randomize_(model, seed=seed, example_input=x)
+    return model, x, size
+
+
+def width_fraction(groups: Sequence[Any]) -> float:
+    """Channels in scalable groups / channels in all groups."""
+    total = sum(g.width for g in groups)
+    return round(sum(g.width for g in groups if g.scalable) / total, 4) if total else 0.0
+
+
+def _widths(groups: Sequence[Any], lo: float, hi: float, seed: str) -> dict[str, int]:
+    rng = random.Random(seed)
+    out = {}
+    for g in groups:
+        if g.scalable:
+            d = max(1, int(g.divisor))
+            out[g.name] = max(d, round(g.width * rng.uniform(lo, hi) / d) * d)
+    return out
+
+
+def run_fxscale_timm(name: str, seed: int, row: dict[str, Any]) -> None:
+    """build -> trace -> analyze -> widen (exact) -> narrow -> resolution x1.5 -> onnx for one timm model."""
+    import torch
+
+    import fxscale
+    from fxscale.ops.table import node_row
+
+    row["stage"] = "build"
+    model, x, size = _timm_build(name, seed)
+    new_size = round(size * 1.5)
+    row.update(size=size, new_size=new_size)
+    with torch.no_grad():
+        ref = model(x)
+    row["stage"] = "trace"
+    gm, row["trace_ms"] = timed(lambda: fxscale.trace(model, x))
+    row["stage"] = "analyze"
+    cg, row["analyze_ms"] = timed(lambda: fxscale.analyze(gm))
+    row["groups"], row["scalable"] = len(cg.groups), sum(bool(g.scalable) for g in cg.groups)
+    row["width_frac"] = width_fraction(cg.groups)
+    row["stage"] = "widen"  # LayerNorm/GroupNorm statistics and attention stay exact only under uniform x2
+    uniform = any(n.op != "placeholder" and getattr(node_row(n, cg.ctx.modules), "name", "") in SPANNING
+                  for n in gm.graph.nodes)
+    grow = {g.name: 2 * g.width for g in cg.scalable} if uniform else _widths(cg.groups, 1.0, 2.0, f"{seed}:{name}")
+    wide, row["transform_ms"] = timed(lambda: fxscale.transform(gm, fxscale.ScalingPlan(widths=grow), "preserve",
+                                                                 cg=cg))
+    with torch.no_grad():  # in float64: float32 rounding alone reaches 1e-4 in deep attention stacks (tiny_vit)
+        ref64, got = copy.deepcopy(gm).double()(x.double()), copy.deepcopy(wide).double()(x.double())
+    scale = float(ref64.abs().max())
+    row["widen_rel_diff"] = float((got - ref64).abs().max()) / scale if scale else 0.0
+    if not row["widen_rel_diff"] <= EXACT_REL_TOL:
+        raise RuntimeError(f"preserve growth is inexact: max rel diff {row['widen_rel_diff']:.3g}")
+    row["stage"] = "narrow"
+    shrink = _widths(cg.groups, 0.5, 1.0, f"{seed}:{name}:narrow")
+    narrow = fxscale.transform(gm, fxscale.ScalingPlan(widths=shrink), "prune", cg=cg)
+    with torch.no_grad():
+        out = narrow(x)
+    if out.shape != ref.shape or not torch.isfinite(out).all():
+        raise RuntimeError(f"narrowed output has shape {tuple(out.shape)} (want {tuple(ref.shape)}) or is not finite")
+    row["stage"] = "resolution"
+    new = fxscale.transform(gm, fxscale.ScalingPlan(widths=grow, resolution=(new_size, new_size)), "preserve", cg=cg)
+    x_new = torch.randn(1, 3, new_size, new_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out, row["forward_ms"] = timed(lambda: new(x_new))
+    if out.shape != ref.shape or not torch.isfinite(out).all():
+        raise RuntimeError(f"scaled output has shape {tuple(out.shape)} (want {tuple(ref.shape)}) or is not finite")
+    row["stage"] = "onnx"
+    scale = float(out.abs().max())
+    with tempfile.TemporaryDirectory() as tmp:
+        report, row["onnx_ms"] = timed(lambda: fxscale.export_onnx(new, Path(tmp) / "m.onnx", x_new,
+                                                                   opset=TIMM_OPSET, rtol=0.0,
+                                                                   atol=ONNX_REL_TOL * scale))
+    row["onnx_max_abs_diff"] = getattr(report, "max_abs_diff", None)
+    if row["onnx_max_abs_diff"] is not None and scale > 0:
+        row["onnx_rel_diff"] = row["onnx_max_abs_diff"] / scale
+    row.update(status="ok", stage="")
+
+
 def run_torch_pruning(name: str, small: bool, row: dict[str, Any]) -> None:
     """Time Torch-Pruning's DependencyGraph build and a 50% magnitude prune of the same model."""
     import torch
@@ -205,7 +359,10 @@ def worker(args: argparse.Namespace) -> int:
     if args.part == "fxscale":
         row.update(status="fail", stage="build", reason="")
         try:
-            run_fxscale(args.worker, args.small, args.seed, row)
+            if args.worker.startswith("timm:"):
+                run_fxscale_timm(args.worker, args.seed, row)
+            else:
+                run_fxscale(args.worker, args.small, args.seed, row)
         except Exception as exc:  # noqa: BLE001 - every failure is a result of the sweep
             row["reason"] = short_reason(exc)
         row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -268,6 +425,7 @@ def format_row(row: dict[str, Any], tp: bool) -> str:
     """One table line."""
     status = "ok" if row.get("status") == "ok" else f"fail@{row.get('stage')}: {row.get('reason', '')}"
     cells = f"{row['model']:22s} {row.get('groups', '-'):>6} {row.get('scalable', '-'):>6} " \
+            f"{row.get('width_frac', '-'):>6} " \
             f"{_ms(row.get('analyze_ms'))} {_ms(row.get('transform_ms'))} "
     if tp:
         cells += f"{_ms(row.get('tp_dg_ms'))} {_ms(row.get('tp_prune_ms'))} {str(row.get('tp_status', '-'))[:14]:14s} "
@@ -276,7 +434,7 @@ def format_row(row: dict[str, Any], tp: bool) -> str:
 
 def header(tp: bool) -> str:
     """The table header."""
-    cols = f"{'model':22s} {'groups':>6s} {'scal.':>6s} {'analyze':>9s} {'transform':>9s} "
+    cols = f"{'model':22s} {'groups':>6s} {'scal.':>6s} {'wfrac':>6s} {'analyze':>9s} {'transform':>9s} "
     if tp:
         cols += f"{'tp_dg':>9s} {'tp_prune':>9s} {'tp':14s} "
     return cols + "result"
@@ -286,6 +444,9 @@ def summary(rows: Sequence[dict[str, Any]], tp: bool) -> str:
     """'N/M models ok' plus median timings and, with --tp, median fxscale/TP ratios."""
     ok = [r for r in rows if r.get("status") == "ok"]
     text = f"{len(ok)}/{len(rows)} models ok"
+    fracs = [r["width_frac"] for r in rows if isinstance(r.get("width_frac"), (int, float))]
+    if fracs:
+        text += f"; median scalable width fraction {statistics.median(fracs):.3f} ({len(fracs)} analysed)"
     if ok:
         text += f"; median analyze {statistics.median(r['analyze_ms'] for r in ok):.1f} ms, " \
                 f"transform {statistics.median(r['transform_ms'] for r in ok):.1f} ms"
@@ -315,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("torch_pruning is not importable: --tp ignored", file=sys.stderr)
         args.tp = False
     try:
-        names = select_models(args.models, args.skip_slow)
+        names = select_models(args.models, args.skip_slow, args.zoo)
     except ValueError as exc:
         print(f"zoo_coverage: {exc}", file=sys.stderr)
         return 2

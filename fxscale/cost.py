@@ -16,6 +16,7 @@ one cached shape propagation per resolution), so a search can call this thousand
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -140,9 +141,12 @@ class CostModel:
         labels = {n.name: n.meta.get(META, {}).get("labels") for n in self.cg.gm.graph.nodes}
         ptmpl = _param_templates(self.cg)
         owned: set[str] = set()
+        uncosted: dict[str, list[str]] = {}
         for node in graph.nodes:
             if node.op in ("placeholder", "output"):
                 continue
+            if node.op == "call_module" and module_row(self.cg.ctx.modules[node.target]) is None:
+                uncosted.setdefault(type(self.cg.ctx.modules[node.target]).__name__, []).append(str(node.target))
             lab = labels.get(node.name) if node.name in labels else _inherit(node, labels)
             labels.setdefault(node.name, lab)
             cost, pnames = _cost_fn(self.cg, node)
@@ -155,6 +159,10 @@ class CostModel:
             layer.view = node.op == "get_attr" or cost([[1] * len(t) for t in layer.ins], (1,) * len(out or []))[0] \
                 == "view"
             self.layers.append(layer)
+        for kind, targets in uncosted.items():
+            warnings.warn(f"fxscale.cost: leaf module type {kind} has no cost formula ({len(targets)} modules: "
+                          f"{', '.join(targets[:3])}{', ...' if len(targets) > 3 else ''}): its MACs are counted as "
+                          "0, its parameters and bytes still count", UserWarning, stacklevel=3)
         self.extra_params = sum(math.prod(d if isinstance(d, int) else _width(at, d) for d in t)
                                 for p, t in ptmpl.items() if p not in owned)
         for i, layer in enumerate(self.layers):

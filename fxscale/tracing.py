@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
+import operator
+import sys
 import warnings
+from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -18,11 +22,20 @@ META = "fxscale"  # the one node.meta / gm.meta key fxscale writes
 
 
 class LeafTracer(fx.Tracer):
-    """fx.Tracer that also keeps user-registered module types (and torch.nn modules) as leaves."""
+    """fx.Tracer that also keeps user-registered module types (and torch.nn modules) as leaves, and records
+    calls of `autowrap_functions` as call_function nodes without tracing into them."""
 
-    def __init__(self, leaf_modules: Iterable[type] = ()) -> None:
-        super().__init__()
+    def __init__(self, leaf_modules: Iterable[type] = (), autowrap_functions: Iterable[Callable] = ()) -> None:
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.leaf_types = tuple(leaf_modules)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as e:  # noqa: BLE001 - annotated with the modules it was raised in, innermost first
+            with contextlib.suppress(AttributeError):
+                e._fxscale_modules = getattr(e, "_fxscale_modules", ()) + (type(m),)  # type: ignore[attr-defined]
+            raise
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
@@ -34,15 +47,28 @@ def _as_tuple(example_input: Any) -> tuple:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
-def _trace_graph(model: nn.Module, leaf_modules: Sequence[type]) -> fx.GraphModule:
-    tracer = LeafTracer(leaf_modules)
+@dataclass(frozen=True)
+class TraceOptions:
+    """What the tracer keeps opaque and which forward arguments it fixes (see trace())."""
+
+    leaf_modules: tuple[type, ...] = ()
+    autowrap_functions: tuple[Callable, ...] = ()
+    concrete_args: Optional[Mapping[str, Any]] = None
+    n_inputs: int = 1  # graph inputs kept: the example inputs
+
+
+def _trace_graph(model: nn.Module, opts: TraceOptions) -> fx.GraphModule:
+    tracer = LeafTracer(opts.leaf_modules, opts.autowrap_functions)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=dict(opts.concrete_args) if opts.concrete_args else None)
     except Exception as e:  # noqa: BLE001 - re-raised with guidance
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
             "Data-dependent control flow or unsupported Python in forward() must be hidden inside a leaf: "
-            "pass leaf_modules=[TheModuleType] to fxscale.trace (or torch.fx.wrap a free function).") from e
+            "pass leaf_modules=[TheModuleType] to fxscale.trace (or autowrap_functions=[fn] for a free "
+            "function, or torch.fx.wrap it).") from e
+    if opts.concrete_args:
+        _drop_concrete_placeholders(graph, opts.n_inputs)
     _resolve_types(graph, model)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
@@ -58,6 +84,79 @@ def _resolve_types(graph: fx.Graph, model: nn.Module) -> None:
                 node.type = eval(node.type, scope)  # noqa: S307 - an annotation of the model's own source
             except Exception:  # noqa: BLE001 - unresolvable: drop the annotation
                 node.type = None
+
+
+_CHECKS = {torch._assert, operator.eq, getattr(torch.fx._symbolic_trace, "_assert_is_none", None)}
+
+
+def _drop_concrete_placeholders(graph: fx.Graph, n_inputs: int) -> None:
+    """Remove the placeholders fx keeps for concrete arguments (those after the example inputs), with the checks
+    fx adds on them, so that the graph's inputs are the example inputs only."""
+    for ph in [n for n in graph.nodes if n.op == "placeholder"][n_inputs:]:
+        users, todo = set(), list(ph.users)
+        while todo:
+            u = todo.pop()
+            users.add(u)
+            todo.extend(v for v in u.users if v not in users)
+        if all(u.op == "call_function" and u.target in _CHECKS for u in users):  # else: used for real, kept
+            for u in [n for n in reversed(graph.nodes) if n in users] + [ph]:
+                graph.erase_node(u)
+
+
+def default_concrete_args(model: nn.Module, n_inputs: int) -> dict[str, Any]:
+    """Forward arguments after the example inputs that have defaults (attn_mask=None, is_causal=False): traced as
+    constants, so that they are neither graph inputs nor tensors in the exported model."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in params[n_inputs:]:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty:
+            out[p.name] = p.default
+    return out
+
+
+def timm_registries() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    """timm's FX registries (notrace modules, autowrapped functions) when timm has been imported; else empty."""
+    if "timm" not in sys.modules:
+        return (), ()
+    try:
+        from timm.layers import _fx
+    except ImportError:
+        return (), ()
+    mods, fns = getattr(_fx, "_leaf_modules", ()), getattr(_fx, "_autowrap_functions", ())  # in every timm 0.9+
+    return (tuple(sorted({m for m in mods if isinstance(m, type)}, key=lambda t: t.__qualname__)),
+            tuple(f for f in dict.fromkeys(fns) if callable(f) and hasattr(f, "__globals__")))
+
+
+def _trace_options(model: nn.Module, n_inputs: int, leaf_modules: Sequence[type],
+                   autowrap_functions: Sequence[Callable], concrete_args: Optional[Mapping[str, Any]],
+                   ) -> tuple[TraceOptions, tuple[type, ...]]:
+    """The first options to trace with, and the timm notrace modules kept in reserve: those with an op-table row
+    are leaves from the start; the others are traced into, and become leaves one by one where that fails."""
+    timm_mods, timm_fns = timm_registries()
+    fns = tuple(dict.fromkeys(tuple(autowrap_functions) + timm_fns))
+    concrete = {**default_concrete_args(model, n_inputs), **dict(concrete_args or {})}
+    from fxscale.ops.table import module_class_row
+    ruled = tuple(m for m in timm_mods if module_class_row(m) is not None)
+    return (TraceOptions(tuple(leaf_modules) + ruled, fns, concrete, n_inputs),
+            tuple(m for m in timm_mods if m not in ruled))
+
+
+def _trace_with_fallback(model: nn.Module, opts: TraceOptions, reserve: tuple[type, ...]
+                         ) -> tuple[fx.GraphModule, TraceOptions]:
+    """Trace; when tracing fails inside a module of a type in `reserve`, make the innermost such type a leaf and
+    try again."""
+    while True:
+        try:
+            return _trace_graph(model, opts), opts
+        except TraceError as e:
+            inside = getattr(e.__cause__, "_fxscale_modules", ())
+            culprit = next((t for t in inside if t in reserve and t not in opts.leaf_modules), None)
+            if culprit is None:
+                raise
+            opts = replace(opts, leaf_modules=opts.leaf_modules + (culprit,))
 
 
 def propagate_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:
@@ -144,19 +243,28 @@ def _failing_node(gm: fx.GraphModule, inputs: tuple) -> str:
 
 
 def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (),
-          mode: Optional[str] = None) -> fx.GraphModule:
-    """Trace `model` (eval mode unless mode="train") into a GraphModule with shapes on every node."""
+          mode: Optional[str] = None, *, autowrap_functions: Sequence[Callable] = (),
+          concrete_args: Optional[Mapping[str, Any]] = None) -> fx.GraphModule:
+    """Trace `model` (eval mode unless mode="train") into a GraphModule with shapes on every node.
+
+    leaf_modules: module types kept as opaque calls. autowrap_functions: free functions recorded as calls
+    instead of traced into (like torch.fx.wrap). Forward arguments after the example inputs that have defaults
+    (timm's ``attn_mask=None, is_causal=False``) are fixed to their defaults, plus any `concrete_args`, so the
+    graph's inputs are the example inputs only. When timm is imported, its FX registries are used too: its
+    autowrapped functions always; its notrace modules are leaves where the op table has a row for them, and
+    otherwise traced into (their insides get rules), becoming leaves only where tracing through them fails.
+    """
     if not isinstance(model, nn.Module):
         raise TraceError(f"fxscale.trace needs an nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_input)
+    first, reserve = _trace_options(model, len(inputs), leaf_modules, autowrap_functions, concrete_args)
     modes = _training_flags(model)
     try:
         model.train(mode == "train")
-        gm = _trace_graph(model, leaf_modules)
+        gm, opts = _trace_with_fallback(model, first, reserve)
         gm.train(mode == "train")
         out_shapes = infer_shapes(gm, *inputs)
-        train_gm, eval_only = (None, None) if mode == "train" else _train_only_graph(model, gm, inputs,
-                                                                                     leaf_modules)
+        train_gm, eval_only = (None, None) if mode == "train" else _train_only_graph(model, gm, inputs, opts)
     finally:
         _restore_flags(modes)
     gm.meta[META] = {
@@ -164,7 +272,8 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         "input_shapes": [tuple(t.shape) for t in inputs],
         "input_dtypes": [t.dtype for t in inputs],
         "output_shapes": out_shapes,
-        "leaf_modules": tuple(leaf_modules),
+        "leaf_modules": opts.leaf_modules,
+        "autowrap_functions": opts.autowrap_functions,
         "resolution": tuple(inputs[0].shape[2:]) if inputs[0].dim() >= 3 else None,
     }
     if eval_only is not None:
@@ -190,13 +299,13 @@ def share_modules(gm: fx.GraphModule, train_gm: fx.GraphModule) -> None:
 
 
 def _train_only_graph(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
-                      leaf_modules: Sequence[type]) -> tuple[fx.GraphModule | None, str | None]:
+                      opts: TraceOptions) -> tuple[fx.GraphModule | None, str | None]:
     """(train-mode trace, None) when it calls modules the eval trace does not (GoogLeNet/Inception aux heads),
     (None, None) when the eval graph is also the train graph, and (None, reason) when the train-mode graph
     cannot be traced or does not run at the example size (the result is then eval-only)."""
     model.train()
     try:
-        tgm = _trace_graph(model, leaf_modules)
+        tgm = _trace_graph(model, opts)
     except TraceError as e:
         return None, f"the train-mode graph cannot be traced ({e})"
     if not (_module_targets(tgm) - _module_targets(gm)):

@@ -7,6 +7,11 @@ vgg/convnext 32, squeezenet1_1 17, squeezenet1_0 21, googlenet 15), swin/swin_v2
 window), inception_v3 from 75 px in eval but only from 299 px in train mode (its aux head needs a 17x17
 Mixed_6e map), ViTs and maxvit_t only at their fixed 224 px (``create_model("vit_b_16", image_size=32)``
 builds a smaller ViT). The small test size is 64 px (room to halve the resolution) or that minimum if larger.
+
+``timm:NAME`` names any timm model (timm is optional: a clear error says to install it). timm models are always
+built with random weights (``pretrained=False``: nothing is downloaded); their family is the timm module that
+defines them (``timm:resnet18d`` -> ``resnet``), their small size 64 px. Models whose timm config has a fixed input
+size (ViTs, LeViT, CrossViT...) are marked ``fixed_input``: build them for the small size with ``img_size=64``.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ class ZooSpec:
     slow: bool
     in_channels: int = 3
     num_classes: int = 1000
+    fixed_input: bool = False  # built for one input size (timm ViTs): create_model(name, img_size=side) for others
 
     def example_input(self, batch: int = 1, size: int | None = None, seed: int = 0) -> torch.Tensor:
         """A seeded random NCHW input at ``size`` (default: the small size)."""
@@ -159,8 +165,49 @@ def _params_millions(name: str) -> float:
     return tvm.get_model_weights(name).DEFAULT.meta["num_params"] / 1e6
 
 
+TIMM_PREFIX = "timm:"
+
+
+def _timm() -> object:
+    """The timm package, or an FxscaleError saying how to get it."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise FxscaleError("timm:NAME models need the timm package (pip install timm); it is not importable: "
+                           f"{exc}") from exc
+    return timm
+
+
+def _timm_name(name: str) -> str:
+    """The timm model name of ``timm:NAME`` (checked against timm's registry, with close matches)."""
+    timm = _timm()
+    short = name[len(TIMM_PREFIX):]
+    if not timm.is_model(short):  # type: ignore[attr-defined]
+        close = difflib.get_close_matches(short, timm.list_models(), n=5, cutoff=0.5)  # type: ignore[attr-defined]
+        hint = f"; did you mean: {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise FxscaleError(f"unknown timm model {short!r}{hint}")
+    return short
+
+
+def _timm_spec(name: str) -> ZooSpec:
+    timm = _timm()
+    short = _timm_name(name)
+    from timm.models import get_pretrained_cfg, model_entrypoint
+    cfg = get_pretrained_cfg(short)
+    full = int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+    family = model_entrypoint(short).__module__.rpartition(".")[2]
+    with torch.device("meta"):  # the parameter count without allocating or initialising weights
+        params = sum(p.numel() for p in timm.create_model(short, pretrained=False).parameters())  # type: ignore
+    return ZooSpec(name=name, family=family, small_input_size=DEFAULT_SMALL_INPUT, full_input_size=full,
+                   train_input_size=DEFAULT_SMALL_INPUT, params_millions=params / 1e6, in_slice=False,
+                   slow=params / 1e6 > SLOW_PARAMS_MILLIONS,
+                   fixed_input=bool(getattr(cfg, "fixed_input_size", False)))
+
+
 def get_spec(name: str) -> ZooSpec:
-    """Test and benchmark facts about a zoo model."""
+    """Test and benchmark facts about a zoo model (``timm:NAME`` for timm models)."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name)
     if name not in _LOCAL_MODELS and name not in _torchvision_names():
         raise _unknown(name)
     family = family_of(name)
@@ -187,7 +234,16 @@ def representative_slice() -> list[str]:
 
 def create_model(name: str, weights: str | None = None, num_classes: int | None = None,
                  **kwargs: object) -> nn.Module:
-    """Build a zoo model by name; ``weights`` is forwarded to torchvision (None: random init, no download)."""
+    """Build a zoo model by name; ``weights`` is forwarded to torchvision (None: random init, no download).
+
+    ``timm:NAME`` builds ``timm.create_model(NAME, pretrained=False, num_classes=..., **kwargs)``.
+    """
+    if name.startswith(TIMM_PREFIX):
+        if weights is not None:
+            raise FxscaleError(f"timm models are built without pretrained weights (got weights={weights!r})")
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return _timm().create_model(_timm_name(name), pretrained=False, **kwargs)  # type: ignore[attr-defined]
     if name in _LOCAL_MODELS:
         if weights is not None:
             raise FxscaleError(f"model {name!r} has no pretrained weights (got weights={weights!r})")
@@ -206,8 +262,8 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
 
 
 def model_from_string(spec: str) -> nn.Module:
-    """A zoo name, or ``package.module:callable`` imported and called with no arguments."""
-    if ":" not in spec:
+    """A zoo name (``timm:NAME`` included), or ``package.module:callable`` imported and called with no arguments."""
+    if ":" not in spec or spec.startswith(TIMM_PREFIX):
         return create_model(spec)
     module_name, _, attr_path = spec.partition(":")
     try:

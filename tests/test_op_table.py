@@ -95,6 +95,17 @@ CALLS: dict[Any, Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]] = {
     torch.einsum: lambda x, y, f: f("bchw,bcvw->bchv", x, y),
     torch.mm: lambda x, y, f: f(x.flatten(1), torch.ones(288, 288)).view(2, 8, 6, 6),
     torch.bmm: lambda x, y, f: f(x.flatten(2), torch.ones(2, 36, 36)).view(2, 8, 6, 6),
+    F.batch_norm: lambda x, y, f: f(x, y.mean((0, 2, 3)), y.var((0, 2, 3)) + 1, y.mean((0, 2, 3)), None),
+    F.group_norm: lambda x, y, f: f(x, 2, y.mean((0, 2, 3)), None),
+    torch.addcmul: lambda x, y, f: f(x, x, y, value=0.5),
+    "addcmul": lambda x, y, f: x.addcmul(x, y), "addcmul_": lambda x, y, f: (x + 0).addcmul_(x, y),
+    "reshape_as": lambda x, y, f: x.reshape(2, 8, 36).reshape_as(y),
+    "view_as": lambda x, y, f: x.reshape(2, 8, 36).view_as(y),
+    torch.norm: lambda x, y, f: f(x, 2, (2, 3), True) + y, "norm": lambda x, y, f: x.norm(2, (2, 3), True) + y,
+    torch.linalg.vector_norm: lambda x, y, f: f(x, 2, (2, 3), True) + y,
+    "pow_": lambda x, y, f: (x.abs() + 1).pow_(y), "masked_fill_": lambda x, y, f: (x + 0).masked_fill_(y > 0, 0.0),
+    "clamp_": lambda x, y, f: (x + 0).clamp_(min=y), "clamp_min_": lambda x, y, f: (x + 0).clamp_min_(y),
+    "clamp_max_": lambda x, y, f: (x + 0).clamp_max_(y), "sqrt_": lambda x, y, f: (x.abs() + 0).sqrt_(),
 }
 
 
@@ -156,6 +167,8 @@ MODULES: dict[type, Callable[[], nn.Module]] = {
     nn.ReplicationPad2d: lambda: nn.ReplicationPad2d(1),
 }
 MODULE_EXCLUDED = {nn.SyncBatchNorm: "needs a process group in eval? runs as BatchNorm; covered by batchnorm row"}
+for _k in get_op("conv_same").keys + get_op("std_conv_same").keys + get_op("pool_same").keys:
+    MODULE_EXCLUDED[_k] = "a timm class named by import path (timm is optional): run in tests/test_rules_timm.py"
 
 
 class _Reshaped(nn.Module):

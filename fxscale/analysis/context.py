@@ -32,6 +32,9 @@ class Ctx:
         self.atoms = Atoms()
         self.uses: dict[str, Use] = {}
         self.literals: dict[str, list] = {}  # node name -> [(where, index, label)]
+        # node name -> [(operand index, label)]: a contraction of two activations over `label` (q @ k^T); preserve
+        # growth zeroes the replicated channels of that operand there, so each channel counts once
+        self.contractions: dict[str, list] = {}
         self.notes: list[str] = []
         self.tag = ""  # "train:" while walking the train-mode graph (prefixes literal keys)
 
@@ -89,7 +92,12 @@ class Ctx:
         self.uses[name] = u
         return u, False
 
-    def literal(self, node: fx.Node, where: str, index: int, label: Label) -> None:
+    def contraction(self, node: fx.Node, operand: int, label: Label) -> None:
+        """Record that `node` sums over `label` between two activations (operand `operand` gets the fix-up)."""
+        if label is not None:
+            self.contractions.setdefault(self.tag + node.name, []).append((operand, label))
+
+    def literal(self, node: fx.Node, where: str, index: Any, label: Label) -> None:
         """Record that an int literal in `node`'s args equals the width of `label`."""
         self.literals.setdefault(self.tag + node.name, []).append((where, index, label))
 

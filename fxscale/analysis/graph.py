@@ -74,13 +74,17 @@ def _placeholder(ctx: Ctx, node: fx.Node) -> Any:
 
 
 def _get_attr(ctx: Ctx, node: fx.Node) -> Any:
-    """A parameter/buffer: each dim of size > 1 is its own space until tied to something."""
+    """A parameter/buffer: each dim of size > 1 is its own space until tied to something. Every read of one
+    tensor (fx makes a get_attr node per access) carries the same labels."""
     shape = ctx.shape(node)
     if not isinstance(shape, tuple):
         return None
+    u, seen = ctx.use(node.target, "param")
+    if seen and "labels" in u.extra:
+        return list(u.extra["labels"])
     labels = [ctx.atoms.label(s, f"param {node.target}") if s > 1 else None for s in shape]
-    u, _seen = ctx.use(node.target, "param")
     u.params[""] = {d: (lab, "select") for d, lab in enumerate(labels) if lab is not None}
+    u.extra["labels"] = tuple(labels)
     return labels
 
 
@@ -184,7 +188,8 @@ def _add_producer(ctx: Ctx, groups: dict[int, ChannelGroup], use: Use) -> None:
             continue
         n = sum(1 for a in leaves if at.sized.find(a) == r)
         size = at.size[next(a for a in leaves if at.sized.find(a) == r)]
-        name = use.name if len(roots) == 1 else f"{use.name}[{k}]"
+        base = use.extra.get("group", use.name)
+        name = base if len(roots) == 1 else f"{base}[{k}]"
         groups[r] = ChannelGroup(name, n * size, True, 1, parts=n, root=r)
 
 

@@ -17,6 +17,14 @@ def _in(ctx: Ctx, node: fx.Node, i: int = 0) -> Any:
     return ctx.lab(arg), ctx.shape(arg)
 
 
+def _spatial_in(ctx: Ctx, node: fx.Node) -> Any:
+    """(labels, shape) of the input of an op that reads dims 2.. as space (those must carry no channel label)."""
+    from fxscale.analysis.ops import freeze_spatial
+    labels, shape = _in(ctx, node)
+    freeze_spatial(ctx, node, labels)
+    return labels, shape
+
+
 def channel_first_out(ctx: Ctx, node: fx.Node, ch: Any) -> list:
     """Output labels of an [N, C, *spatial] op: channel label at dim 1, spatial dims unlabelled."""
     shape = ctx.shape(node)
@@ -34,7 +42,7 @@ def unary(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
 
 def spatial(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
     """Pooling/resizing module: channel dim passes, spatial dims change."""
-    labels, shape = _in(ctx, node)
+    labels, shape = _spatial_in(ctx, node)
     if labels is None:
         return None
     return channel_first_out(ctx, node, labels[1] if len(shape) >= 3 else None) if len(shape) >= 3 else labels
@@ -42,7 +50,7 @@ def spatial(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
 
 def conv(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
     """ConvNd: consumer of the input channels, producer of the output channels (grouped/depthwise aware)."""
-    labels, shape = _in(ctx, node)
+    labels, shape = _spatial_in(ctx, node)
     name = node.target
     lin = ctx.need(labels[1] if labels else None, shape[1], f"input of {name}")
     u, seen = ctx.use(name, "conv")
@@ -66,6 +74,18 @@ def conv(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
         u.params["bias"] = {0: (lout, "select")}
     u.outputs.append(lout)
     return channel_first_out(ctx, node, lout)
+
+
+def std_conv(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
+    """Weight-standardised conv (timm StdConv2dSame / ScaledStdConv2dSame): a conv whose weight rows are normalised
+    over the input channels and kernel, so only the output channels may change (the input channels are fixed)."""
+    out = conv(ctx, node, mod)
+    u = ctx.uses[node.target]
+    ctx.atoms.freeze(u.inputs[0], f"{node.target} ({type(mod).__name__}): weight standardisation over the input "
+                                  "channels")
+    if isinstance(getattr(mod, "gain", None), nn.Parameter):
+        u.params["gain"] = {0: (u.outputs[0], "select")}
+    return out
 
 
 def conv_cost(mod: nn.Module, ins: list, out: tuple) -> tuple[str, int]:
@@ -94,7 +114,7 @@ def _per_group(lin: tuple, g: int, ctx: Ctx) -> tuple:
 
 def conv_transpose(ctx: Ctx, node: fx.Node, mod: nn.Module) -> Any:
     """ConvTransposeNd: weight is [in, out/groups, *k]."""
-    labels, shape = _in(ctx, node)
+    labels, shape = _spatial_in(ctx, node)
     name = node.target
     lin = ctx.need(labels[1] if labels else None, shape[1], f"input of {name}")
     u, seen = ctx.use(name, "convT")
@@ -277,7 +297,7 @@ def patch_mha(mod: nn.Module, use: Any) -> None:
     mod.out_proj.in_features = mod.out_proj.out_features = e
 
 
-__all__ = ["unary", "spatial", "conv", "conv_cost", "conv_transpose", "conv_transpose_cost", "linear", "linear_cost",
+__all__ = ["unary", "spatial", "conv", "std_conv", "conv_cost", "conv_transpose", "conv_transpose_cost", "linear", "linear_cost",
            "batchnorm", "groupnorm", "layernorm", "mha", "mha_cost", "flatten_module", "patch_conv",
            "patch_conv_transpose", "patch_linear", "patch_batchnorm", "patch_groupnorm", "patch_layernorm", "patch_mha",
            "channel_first_out"]

@@ -8,8 +8,9 @@ import torch.fx as fx
 
 from fxscale.analysis.context import Ctx
 from fxscale.analysis.labels import Incompatible, concat
+from fxscale.analysis.indexing import getitem  # noqa: F401 - re-exported rule
 from fxscale.analysis.reshape import (  # noqa: F401 - re-exported rules
-    _arg, _dim, flatten_fn, reshape_labels, size_of, squeeze_unsqueeze, tie_size_args, view_like)
+    _arg, _dim, flatten_fn, reshape_labels, size_arith, size_of, squeeze_unsqueeze, tie_size_args, view_like)
 
 OpRule = Callable[[Ctx, fx.Node], Any]
 # Cost formula of a function/method call: (node, input shapes, output shape) -> (kernel kind, multiply-accumulates).
@@ -23,7 +24,7 @@ def elementwise(ctx: Ctx, node: fx.Node) -> Any:
     """Broadcasting elementwise op: tie the channel labels of every operand dim that is not broadcast."""
     shape = ctx.shape(node)
     if not isinstance(shape, tuple) or (shape and not isinstance(shape[0], int)):
-        return None
+        return size_arith(ctx, node)  # int arithmetic on sizes
     nd = len(shape)
     out: list = [None] * nd
     unlabelled: list = [None] * nd  # per output dim: an operand that meets it with no channel label
@@ -63,7 +64,15 @@ def spatial_fn(ctx: Ctx, node: fx.Node) -> Any:
     shape = ctx.shape(node)
     if not isinstance(labels, list) or not isinstance(shape, tuple):
         return None
+    freeze_spatial(ctx, node, labels)
     return [labels[0], labels[1]] + [None] * (len(shape) - 2)
+
+
+def freeze_spatial(ctx: Ctx, node: fx.Node, labels: Any) -> None:
+    """A conv/pool/resize reads dims 2.. as space: a channel label that arrives there (channels-last layouts, a
+    linear over a spatial dim) cannot change width, since the op mixes or resizes those positions."""
+    if isinstance(labels, list):
+        ctx.freeze_value(labels[2:], f"node {node.name}: channel dim used as a spatial dim")
 
 
 def reduce_dims(ctx: Ctx, node: fx.Node) -> Any:
@@ -263,51 +272,11 @@ def _equal_parts(ctx: Ctx, node: fx.Node, pieces: list, sizes: list) -> None:
             ctx.atoms.freeze(p, f"node {node.name}: {e}")
 
 
-def getitem(ctx: Ctx, node: fx.Node) -> Any:
-    """Tuple element, or tensor indexing with ints/full slices/None/Ellipsis."""
-    src, idx = node.args
-    labels = ctx.lab(src)
-    if isinstance(labels, dict):
-        sizes = labels.get("sizes")
-        return {"size": sizes[idx]} if sizes is not None and isinstance(idx, int) else None
-    if isinstance(labels, tuple):
-        return labels[idx] if isinstance(idx, int) and idx < len(labels) else None
-    if not isinstance(labels, list):
-        return None
-    idx = idx if isinstance(idx, tuple) else (idx,)
-    if Ellipsis in idx:
-        k = idx.index(Ellipsis)
-        fill = len(labels) - (len(idx) - 1 - sum(1 for i in idx if i is None))
-        idx = idx[:k] + (slice(None),) * fill + idx[k + 1:]
-    out, d = [], 0
-    src_shape = ctx.shape(src)
-    for it in idx:
-        if it is None:
-            out.append(None)
-            continue
-        lab = labels[d] if d < len(labels) else None
-        if isinstance(it, slice) and it == slice(None):
-            out.append(lab)
-        elif isinstance(it, slice) and lab is None:
-            out.append(None)
-        elif isinstance(it, int) and lab is None:
-            pass
-        else:
-            if lab is not None and not _full(it, src_shape[d]):
-                ctx.atoms.freeze(lab, f"node {node.name}: indexing into a channel dim")
-            if not isinstance(it, int):
-                out.append(None)
-        d += 1
-    out.extend(labels[d:])
-    return out
-
-
-def _full(it: Any, n: int) -> bool:
-    return isinstance(it, slice) and slice(*it.indices(n)) == slice(0, n, 1)
-
-
 def matmul(ctx: Ctx, node: fx.Node) -> Any:
-    """a @ b: the contracted dims are tied; batch dims broadcast."""
+    """a @ b: the contracted dims are tied; batch dims broadcast. A parameter operand's contracted dim is a consumer
+    dim (divided by replica counts); between two activations (attention scores) the contraction is recorded, and
+    preserve growth counts each channel once there (replicas of the left operand are zeroed)."""
+    from fxscale.analysis.functional import param_target
     a, b = node.args[:2]
     la, lb = ctx.lab(a), ctx.lab(b)
     if not isinstance(la, list) or not isinstance(lb, list):
@@ -316,6 +285,14 @@ def matmul(ctx: Ctx, node: fx.Node) -> Any:
         ctx.freeze_value((la, lb), f"node {node.name}: matmul of vectors")
         return [None] * len(ctx.shape(node))
     ctx.tie(la[-1], lb[-2], f"node {node.name}")
+    for operand, dim in ((b, len(lb) - 2), (a, len(la) - 1)):
+        target = param_target(ctx, operand)
+        if target is not None and len(operand.users) == 1 and dim in ctx.uses[target].params.get("", {}):
+            lab, _mode = ctx.uses[target].params[""][dim]
+            ctx.uses[target].params[""][dim] = (lab, "reduce")
+            break
+    else:
+        ctx.contraction(node, 0, la[-1])
     sa, sb = ctx.shape(a), ctx.shape(b)
     n = max(len(la), len(lb)) - 2
     batch: list = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Optional
 
 import torch
@@ -153,10 +154,47 @@ def size_of(ctx: Ctx, node: fx.Node) -> Any:
     return {"sizes": labels}
 
 
+def size_arith(ctx: Ctx, node: fx.Node) -> Any:
+    """Int arithmetic on sizes: ``C // k`` of a channel width C is remembered as C split into k parts (attention
+    heads); any other arithmetic on a channel width as a width the rules cannot follow."""
+    marks = [ctx.lab(a) for a in node.args if isinstance(ctx.lab(a), dict)]
+    labels = [m.get("size") for m in marks if m.get("size") is not None] + \
+        [lab for m in marks for lab in m.get("derived", ())]
+    if not labels:
+        return None
+    a, b = (list(node.args) + [None])[:2]
+    src = ctx.lab(a).get("size") if isinstance(ctx.lab(a), dict) else None
+    if node.target is operator.floordiv and src is not None and labels == [src] and isinstance(b, int) and b > 0:
+        return {"size_div": (labels[0], b), "derived": tuple(labels)}
+    return {"derived": tuple(labels)}
+
+
+def _tie_div(ctx: Ctx, node: fx.Node, src: Any, k: int, dim: Any) -> None:
+    """The reshape dim `dim` is sized width(src) // k: src becomes k equal parts, each sized like `dim`."""
+    width = ctx.atoms.width(src)
+    try:
+        if width % k:
+            raise Incompatible(f"{width} channels in {k} parts")
+        parts = [ctx.atoms.label(width // k, f"{node.name} part") for _ in range(k)]
+        ctx.atoms.tie(src, tuple(p for part in parts for p in part))
+        for part in parts:
+            ctx.atoms.tie_size_labels(part, dim)
+    except Incompatible as e:
+        ctx.freeze_value([src, dim], f"node {node.name}: reshape size {width} // {k}: {e}")
+
+
 def tie_size_args(ctx: Ctx, node: fx.Node, out: list, sizes: Optional[list]) -> None:
-    """A reshape size read from another tensor's channel dim ties that dim to the output dim."""
+    """A reshape size read from another tensor's channel dim ties that dim to the output dim; ``C // k`` makes C k
+    parts sized like the output dim; other arithmetic on channel widths freezes both sides."""
     for j, s in enumerate(sizes or []):
         mark = ctx.lab(s) if isinstance(s, fx.Node) else None
+        if isinstance(mark, dict) and "derived" in mark and j < len(out):
+            if "size_div" in mark and out[j] is not None:
+                _tie_div(ctx, node, mark["size_div"][0], mark["size_div"][1], out[j])
+            else:
+                ctx.freeze_value(list(mark["derived"]) + [out[j]],
+                                 f"node {node.name}: reshape size computed from a channel width")
+            continue
         src = mark.get("size") if isinstance(mark, dict) else None
         if src is None or j >= len(out):
             continue

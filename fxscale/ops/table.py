@@ -16,6 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from fxscale.analysis import functional as FN
 from fxscale.analysis import layers as L
 from fxscale.analysis import ops as O
 from fxscale.ops.row import Interval, OpRow
@@ -126,33 +127,43 @@ ROWS: list[OpRow] = [
     _f("matmul", (torch.matmul, operator.matmul, torch.bmm, torch.mm), O.matmul, cost=O.matmul_cost,
        kind="matmul", zero=True),
     _f("layer_norm_fn", (F.layer_norm,), O.layer_norm_fn, kind="norm"),
+    _f("batch_norm_fn", (F.batch_norm,), FN.batch_norm_fn, kind="norm"),
+    _f("group_norm_fn", (F.group_norm,), FN.group_norm_fn, kind="norm"),
+    _f("linear_fn", (F.linear,), FN.linear_fn, cost=O.linear_fn_cost, kind="linear"),
+    _f("conv_fn", (F.conv1d, F.conv2d, F.conv3d), FN.conv_fn, cost=O.conv_fn_cost, kind="conv", spatial="pool"),
+    _f("addcmul", (torch.addcmul,), FN.addcmul, kind="elementwise"),
+    _f("norm", (torch.norm, torch.linalg.vector_norm), FN.norm, kind="reduce", spatial="pool"),
     _f("size", (getattr,), O.size_of, kind="view", spatial="none"),
-    _f("floordiv", (operator.floordiv,), O.ignore, kind="view", spatial="none"),
+    _f("floordiv", (operator.floordiv,), O.size_arith, kind="view", spatial="none"),
     _f("compare", (operator.eq,), O.ignore, kind="view", spatial="none"),
     _f("scalar", (torch._assert, len), O.ignore, kind="view", spatial="none"),
-    _no_rule("linear_fn", (F.linear,), O.linear_fn_cost, "linear"),
-    _no_rule("conv_fn", (F.conv1d, F.conv2d, F.conv3d), O.conv_fn_cost, "conv"),
-    _no_rule("sdpa", (F.scaled_dot_product_attention,), O.sdpa_cost, "attention"),
+    _f("sdpa", (F.scaled_dot_product_attention,), FN.sdpa, cost=O.sdpa_cost, kind="attention"),
     _no_rule("einsum", (torch.einsum,), O.einsum_cost, "matmul"),
     # ---- tensor methods -------------------------------------------------------------------------------------
     _meth("add_m", ("add", "__add__", "__radd__", "add_"), O.elementwise, kind="elementwise", arith="add"),
     _meth("sub_m", ("sub", "__sub__", "sub_"), O.elementwise, kind="elementwise", arith="sub"),
     _meth("mul_m", ("mul", "__mul__", "__rmul__", "mul_"), O.elementwise, kind="elementwise", arith="mul"),
     _meth("div_m", ("div", "__truediv__", "div_"), O.elementwise, kind="elementwise", arith="div"),
-    _meth("pow_m", ("pow",), O.elementwise, kind="elementwise", arith="pow"),
+    _meth("pow_m", ("pow", "pow_"), O.elementwise, kind="elementwise", arith="pow"),
     _meth("minmax_m", ("maximum", "minimum"), O.elementwise, kind="elementwise", arith="max"),
-    _meth("where_m", ("where", "masked_fill"), O.elementwise, kind="elementwise", arith="where"),
-    _meth("clamp_m", ("clamp", "clamp_min", "clamp_max"), O.elementwise, kind="elementwise", arith="clamp"),
+    _meth("where_m", ("where", "masked_fill", "masked_fill_"), O.elementwise, kind="elementwise", arith="where"),
+    _meth("clamp_m", ("clamp", "clamp_min", "clamp_max", "clamp_", "clamp_min_", "clamp_max_"), O.elementwise, kind="elementwise", arith="clamp"),
     _meth("expand_as", ("expand_as",), O.elementwise, kind="view", arith="expand", zero=True),
+    _meth("addcmul_m", ("addcmul", "addcmul_"), FN.addcmul, kind="elementwise"),
+    _meth("norm_m", ("norm",), FN.norm, kind="reduce", spatial="pool"),
     _meth("relu_m", ("relu", "relu_"), O.passthrough, kind="elementwise", zero=True, identity_on=_RELU),
-    _meth("unary_zero_m", ("tanh", "abs", "abs_", "neg", "sqrt"), O.passthrough, kind="elementwise", zero=True),
+    _meth("unary_zero_m", ("tanh", "abs", "abs_", "neg", "sqrt", "tanh_", "neg_", "sqrt_"), O.passthrough, kind="elementwise", zero=True),
     _meth("sigmoid_m", ("sigmoid", "sigmoid_"), O.passthrough, kind="elementwise", bounds=_UNIT),
-    _meth("unary_m", ("exp", "softmax"), O.passthrough, kind="elementwise"),
+    _meth("unary_m", ("exp", "softmax", "exp_"), O.passthrough, kind="elementwise"),
     _meth("copy_m", ("clone", "float", "half", "bfloat16", "to", "type", "type_as", "detach"), O.passthrough,
           kind="elementwise", zero=True, layout=True),
     _meth("contiguous", ("contiguous",), O.passthrough, identity_on=_ALL, **_SAME),
     _meth("flatten_m", ("flatten",), O.flatten_fn, spatial="view", identity_on=_ALL, **_SAME),
     _meth("reshape_m", ("view", "reshape"), O.view_like, spatial="view", identity_on=_ALL, **_SAME),
+    # sizes come from the other tensor ("pool": from its own arguments, nothing for the resolution solver to
+    # re-derive); a layout op, not declared as one until the spatial-rule tests list it next to expand_as
+    _meth("reshape_as", ("reshape_as", "view_as"), FN.reshape_as, kind="view", zero=True, spatial="pool",
+          identity_on=_ALL),
     _meth("squeeze_m", ("squeeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
     _meth("unsqueeze_m", ("unsqueeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
     _meth("permute_m", ("permute",), O.permute, **_SAME),
@@ -177,7 +188,18 @@ def _torchvision_rows() -> list[OpRow]:
             _no_rule("window_attention", wins, O.window_attention_cost, "attention")]
 
 
-ROWS += _torchvision_rows()
+def _timm_rows() -> list[OpRow]:
+    """timm leaf modules (its FX notrace registry) keyed by import path: timm is optional and never imported here.
+    Only those whose forward is a known op; the others are traced into."""
+    conv = dict(cost=L.conv_cost, kind="conv", spatial="pool", patch=L.patch_conv)
+    return [_m("conv_same", ("timm.layers.conv2d_same.Conv2dSame",), L.conv, **conv),
+            _m("std_conv_same", ("timm.layers.std_conv.StdConv2dSame", "timm.layers.std_conv.ScaledStdConv2dSame"),
+               L.std_conv, **conv),
+            _m("pool_same", ("timm.layers.pool2d_same.MaxPool2dSame", "timm.layers.pool2d_same.AvgPool2dSame"),
+               L.spatial, kind="pool", spatial="pool")]
+
+
+ROWS += _torchvision_rows() + _timm_rows()
 UNKNOWN = _f("unknown", (), O.unknown, kind="other", doc="no rule: every operand is frozen")
 
 _BY_FN: Mapping[Any, OpRow] = {k: r for r in ROWS if r.form == "function" for k in r.keys}
@@ -185,16 +207,28 @@ _BY_METHOD: Mapping[str, OpRow] = {k: r for r in ROWS if r.form == "method" for 
 _MODULE_ROWS = [r for r in ROWS if r.form == "module"]
 
 
-def module_row(mod: nn.Module) -> Optional[OpRow]:
-    """The row of a leaf module (exact type first, then the first row it is an instance of); None if unknown."""
-    t = type(mod)
+def _qualname(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def module_class_row(t: type) -> Optional[OpRow]:
+    """The row of a leaf module type: its exact type (or import path, for rows of optional packages such as
+    timm, which the table never imports), else the first row with a key it subclasses *without overriding
+    forward* (a subclass with its own forward computes something else: no rule, its channels are frozen)."""
+    name = _qualname(t)
     for r in _MODULE_ROWS:
-        if t in r.keys:
+        if t in r.keys or name in r.keys:
             return r
     for r in _MODULE_ROWS:
-        if isinstance(mod, r.keys):
-            return r
+        for k in r.keys:
+            if isinstance(k, type) and issubclass(t, k) and t.forward is k.forward:
+                return r
     return None
+
+
+def module_row(mod: nn.Module) -> Optional[OpRow]:
+    """The row of a leaf module (see module_class_row); None if unknown."""
+    return module_class_row(type(mod))
 
 
 def node_row(node: fx.Node, modules: Optional[Mapping[str, nn.Module]] = None) -> Optional[OpRow]:
@@ -221,4 +255,4 @@ def get_op(name: str) -> OpRow:
     raise KeyError(f"no op row {name!r}; known: {', '.join(list_ops())}")
 
 
-__all__ = ["ROWS", "UNKNOWN", "module_row", "node_row", "list_ops", "get_op"]
+__all__ = ["ROWS", "UNKNOWN", "module_row", "module_class_row", "node_row", "list_ops", "get_op"]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from fxscale.analysis.context import Use
@@ -152,8 +154,8 @@ def rebuild_param(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, use: 
         return False
     old = _get(gm, use.name)
     value = remap_tensor(cg, maps, old, dims, None)
-    if init != "preserve":  # new entries of prune/reinit start at zero (no replication)
-        value = remap_tensor(cg, maps, old, dims, torch.zeros_like(value))
+    if init != "preserve":  # new entries of prune/reinit start at zero, or as a fresh norm would (no replication)
+        value = remap_tensor(cg, maps, old, dims, torch.full_like(value, use.extra.get("fresh", 0.0)))
     owner, leaf = _owner(gm, use.name)
     _set_tensor(owner, leaf, value, old)
     return True
@@ -181,7 +183,58 @@ def rewrite_literals(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule) ->
                 args[1] = type(node.args[1])(seq) if isinstance(node.args[1], tuple) else seq
             elif where == "arg" and args[i] != w:
                 args[i], count = w, count + 1
+            elif where == "kwarg" and node.kwargs.get(i) != w:
+                node.kwargs, count = {**node.kwargs, i: w}, count + 1
+            elif where == "slice":
+                args[1], changed = _rewrite_slice(args[1], i, w)
+                count += changed
         node.args = tuple(args)
+    return count
+
+
+def _rewrite_slice(idx: Any, at: tuple, w: int) -> tuple[Any, int]:
+    """Set one bound of a slice in a getitem index: at = (position in the index tuple, "start" | "stop", sign)."""
+    k, bound, sign = at
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    s = items[k]
+    v = sign * w if sign > 0 or w else None  # a negative bound whose suffix became empty: to the end
+    new = slice(v if bound == "start" else s.start, v if bound == "stop" else s.stop, s.step)
+    if new == s:
+        return idx, 0
+    items[k] = new
+    return (tuple(items) if isinstance(idx, tuple) else items[0]), 1
+
+
+def contraction_fixups(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, init: str) -> int:
+    """Preserve growth of a channel space two activations are contracted over (q @ k^T, scaled dot-product
+    attention) would count each replicated channel once per copy: a constant 0/1 mask multiplied into the left
+    operand keeps only the first copy of each channel, and scaled_dot_product_attention keeps its traced 1/sqrt(E)
+    scale. Other inits start new channels fresh (not function-preserving): nothing to do."""
+    if init != "preserve" or not cg.ctx.contractions:
+        return 0
+    tgm = gm.meta.get("fxscale", {}).get("train_gm")
+    nodes = {n.name: (gm, n) for n in gm.graph.nodes}
+    nodes.update({"train:" + n.name: (tgm, n) for n in (tgm.graph.nodes if tgm is not None else [])})
+    count = 0
+    for name, recs in cg.ctx.contractions.items():
+        owner, node = nodes[name]
+        for operand, label in recs:
+            if not maps.changed(cg, label):
+                continue
+            if node.target is F.scaled_dot_product_attention and len(node.args) < 7 and \
+                    node.kwargs.get("scale") is None:
+                node.kwargs = {**node.kwargs, "scale": cg.ctx.atoms.width(label) ** -0.5}
+            rep = _replicas(cg, maps, label)
+            if not bool(rep.any()):
+                continue
+            src = node.args[operand]
+            dtype = getattr(src.meta.get("tensor_meta"), "dtype", torch.float32)
+            attr = f"_fxscale_once_{node.name}_{operand}"
+            owner.register_buffer(attr, (~rep).to(dtype))
+            with owner.graph.inserting_before(node):
+                mask = owner.graph.get_attr(attr)
+                node.update_arg(operand, owner.graph.call_function(operator.mul, (src, mask)))
+            count += 1
     return count
 
 
@@ -220,7 +273,8 @@ def width_pass(cg: ChannelGraph, maps: ChannelMaps, gm: fx.GraphModule, init: st
         else:
             mods += rebuild_module(cg, maps, owner, use, init, noise, gen)
     lits = rewrite_literals(cg, maps, gm)  # the PassManager lints and recompiles both graphs after the pass
+    fixes = contraction_fixups(cg, maps, gm, init)
     if tgm is not None:
         from fxscale.tracing import share_modules
         share_modules(gm, tgm)
-    return {"modules": mods, "params": params, "literals": lits}
+    return {"modules": mods, "params": params, "literals": lits, "contractions": fixes}
