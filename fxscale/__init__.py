@@ -21,7 +21,8 @@ def __getattr__(name: str):
             "list_datasets": "fxscale.data", "TrainConfig": "fxscale.train", "train": "fxscale.train",
             "evaluate": "fxscale.train", "get_executor": "fxscale.executor", "zoo": "fxscale.zoo",
             "scale": "fxscale.scaling.pipeline", "ScaleConfig": "fxscale.scaling.pipeline",
-            "importance": "fxscale.scaling.importance", "Importance": "fxscale.scaling.importance"}
+            "importance": "fxscale.scaling.importance", "Importance": "fxscale.scaling.importance",
+            "load": "fxscale.artifacts"}
     if name in lazy:
         import importlib
         mod = importlib.import_module(lazy[name])

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 import torch.fx as fx
 
 from fxscale.analysis.graph import ChannelGraph, analyze
 from fxscale.errors import PlanError
+from fxscale.guard import check_memory
 from fxscale.passes.base import PassManager
 from fxscale.passes.channel_map import INITS, build_maps
 from fxscale.passes.depth import plan_depths
@@ -41,12 +42,17 @@ def copy_graph_module(gm: fx.GraphModule, share: Iterable[torch.Tensor] = ()) ->
 
 def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, seed: int = 0,
               noise: float = 0.0, importance: Optional[Mapping[str, torch.Tensor]] = None,
-              resolution_mode: str = "resize", cg: Optional[ChannelGraph] = None) -> fx.GraphModule:
+              resolution_mode: str = "resize", cg: Optional[ChannelGraph] = None,
+              max_memory: Optional[Union[int, float, str]] = None) -> fx.GraphModule:
     """Return a verified copy of `gm` rescaled by `plan` (the input GraphModule is never mutated).
 
     Order: widths, then resolution, then depths (repeated blocks are copies of the rescaled ones). For depth,
     "preserve" and "prune" add identity-initialised blocks (PlanError if a block cannot be one), "reinit"
     adds freshly initialised blocks. Depth plans are refused for models with a train-mode graph.
+
+    Before anything is allocated, the plan's memory (fp32 parameters before and after, activations at batch 1;
+    see fxscale.guard) is checked against `max_memory` (bytes or '64GB'; default: MemAvailable of
+    /proc/meminfo; math.inf: no check): PlanError naming the figures when it does not fit.
     """
     if init not in INITS:
         raise PlanError(f"init must be one of {INITS}, got {init!r}")
@@ -56,6 +62,7 @@ def transform(gm: fx.GraphModule, plan: ScalingPlan, init: str = "preserve", *, 
         raise PlanError(f"plan must be a fxscale.ScalingPlan, got {type(plan).__name__}")
     cg = cg if cg is not None and cg.gm is gm else analyze(gm)
     plan.validate(cg)
+    check_memory(cg, plan, max_memory, mode=resolution_mode)
     if plan.depths:  # identity-init check before any work; depth_pass resolves again on the rescaled copy
         plan_depths(gm, plan.depths, init)
     res = plan.resolution

@@ -5,7 +5,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from fxscale.cli_checks import native_output_captured
 from fxscale.errors import ExportError, FxscaleError  # ExportError re-exported from fxscale.errors
 from fxscale.passes.lower import LoweringError, lowered_copy
 
@@ -47,12 +48,13 @@ class ExportReport:
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, opset: int = 13,
                 dynamic_batch: bool = False, check: bool = True, exporter: str = "torchscript",
                 rtol: float = 1e-3, atol: float = 1e-4, input_name: str = "x",
-                output_name: str = "y") -> ExportReport:
+                output_name: str = "y", metadata: Mapping[str, str] | None = None) -> ExportReport:
     """Export `model` (eval mode) to one self-contained .onnx file at exactly `opset`, optionally verified by ORT.
 
     For a GraphModule, ops the exporter cannot write at `opset` (scaled_dot_product_attention below 14,
     antialiased bilinear/bicubic resize) are first lowered on a copy (fxscale.passes.lower); the ORT check
-    still compares with the unlowered `model`, which is never modified.
+    still compares with the unlowered `model`, which is never modified. `metadata` is written into the file's
+    metadata_props (fxscale records the input contract there as "fxscale.input").
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -70,14 +72,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: t
             export(target, tmp, example_input, opset, dynamic_batch, input_name, names)
             seconds = time.perf_counter() - t0
             proto = _validate_file(tmp, opset)
+            if metadata:
+                helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
+                onnx.save(proto, str(tmp))
             t1 = time.perf_counter()
             diff = _check(model, tmp, example_input, dynamic_batch, input_name, names, rtol, atol) if check else None
             check_seconds = time.perf_counter() - t1
             os.replace(tmp, path)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C included: no partial file is left
             _remove(tmp)
             _remove(Path(f"{tmp}.data"))
-            if isinstance(exc, FxscaleError):
+            if isinstance(exc, FxscaleError) or not isinstance(exc, Exception):
                 raise
             raise ExportError(f"{exporter} ONNX export of {type(model).__name__} to {path} failed: "
                               f"{type(exc).__name__}: {exc}{_lowering_hint(model, exc)}") from exc
@@ -148,8 +153,9 @@ def _export_torchscript(model: nn.Module, f: Path, x: torch.Tensor, opset: int, 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-        torch.onnx.export(model, (x,), str(f), dynamo=False, opset_version=opset, input_names=[input_name],
-                          output_names=names, dynamic_axes=axes)
+        with native_output_captured():  # torch.onnx logs the whole IR graph to fd 1 before it raises
+            torch.onnx.export(model, (x,), str(f), dynamo=False, opset_version=opset, input_names=[input_name],
+                              output_names=names, dynamic_axes=axes)
 
 
 def _export_dynamo(model: nn.Module, f: Path, x: torch.Tensor, opset: int, dynamic_batch: bool,

@@ -22,17 +22,11 @@ from torch import nn
 
 import fxscale
 from fxscale.analysis.graph import ChannelGraph
-from fxscale.errors import FxscaleError, PlanError
+from fxscale.errors import FxscaleError
 from fxscale.hw.latency import BoundLatency, LatencyModel
 from fxscale.plan import ScalingPlan
-from fxscale.scaling.budget import (
-    Budget,
-    Evaluator,
-    bisect_max,
-    parse_budget,
-    scaled_resolution,
-    uniform_widths,
-)
+from fxscale.scaling.budget import Budget, Evaluator, bisect_max, scaled_resolution, uniform_widths
+from fxscale.scaling.config import METHOD_NAMES, ScaleConfig, budget_limit
 from fxscale.scaling.greedy import RULES, back_off, importance_aware_widths
 from fxscale.scaling.importance import Importance, importance
 from fxscale.scaling.powerlaw import (
@@ -51,63 +45,6 @@ from fxscale.scaling.stages import (  # noqa: F401 - STAGES and friends are re-e
     stage_keys,
     weights_problem,
 )
-
-METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale")
-
-@dataclass
-class ScaleConfig:
-    """Every setting of one scaling run (defaults: the embedded digits job, a few minutes on 2 CPU cores)."""
-
-    model: str = "digits_resnet"
-    data: str = "digits"
-    data_kw: dict[str, Any] = field(default_factory=dict)
-    target: str = "ort"
-    threads: int = 1
-    latency_budget: Any = "1.05x"
-    memory_budget: Any = "1.5x"
-    flops_scale: float = 2.0
-    alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
-    alpha: Optional[float] = None  # skip the alpha search
-    samples: int = 8  # importance-predictor width configurations
-    sample_epochs: int = 4
-    search_epochs: int = 8
-    epochs: int = 20
-    rule: str = "paper"
-    stride: int = 10
-    align: int = 8  # ORT/MLAS and TensorRT block channels by 8/16: on this CPU 32 -> 33 channels cost +52% latency
-    methods: tuple[str, ...] = ("uniform", "resolution", "efficientnet", "dollar", "neuralscale")
-    seeds: tuple[int, ...] = (0,)
-    batch_size: int = 64
-    lr: float = 0.05
-    runs: int = 200  # the paper times 50 runs; sub-0.1 ms models on a shared CPU need more for a stable median
-    warmup: int = 10
-    rounds: int = 5
-    workers: int = 1
-    executor: str = "local"
-    profile: Optional[str] = None  # a device profile JSON (fxscale profile); None: analytic model calibrated here
-    device: str = "cpu"
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Reject bad settings with a message naming the field."""
-        for a in (self.alphas if self.alpha is None else (self.alpha,)):
-            if not 0 < a < 1:
-                raise PlanError(f"alpha must lie in (0, 1), got {a} (alpha=0 is width-only, 1 resolution-only)")
-        checks = [(self.flops_scale > 0, f"flops_scale must be > 0, got {self.flops_scale}"),
-                  (self.rule in RULES, f"rule must be one of {RULES}, got {self.rule!r}"),
-                  (self.stride >= 1 and self.align >= 1, "stride and align must be >= 1"),
-                  (self.samples >= 2, f"samples must be >= 2 to fit a power law, got {self.samples}"),
-                  (min(self.epochs, self.search_epochs, self.sample_epochs) >= 1, "epochs must be >= 1"),
-                  (bool(self.seeds), "seeds must not be empty"),
-                  (self.rounds >= 1 and self.threads >= 1, "rounds and threads must be >= 1")]
-        for ok, msg in checks:
-            if not ok:
-                raise PlanError(msg)
-        from fxscale.hw.base import MeasureProtocol
-        MeasureProtocol(warmup=self.warmup, runs=self.runs)  # TargetError naming a bad runs / warmup
-        bad = [m for m in self.methods if m not in METHOD_NAMES]
-        if bad:
-            raise PlanError(f"unknown methods {bad}; choose from {METHOD_NAMES}")
 
 
 @dataclass
@@ -140,12 +77,11 @@ class Pipeline:
         from fxscale.data import get_dataset
         from fxscale.hw.targets import get_target
         self.bundle = get_dataset(cfg.data, **cfg.data_kw)
-        self.target = get_target(cfg.target, threads=cfg.threads) if cfg.target in ("ort", "torch") \
-            else get_target(cfg.target)
-        from fxscale import zoo
-        net = model if model is not None else zoo.create_model(cfg.model, num_classes=self.bundle.num_classes)
-        x = torch.zeros(1, *self.bundle.input_shape)
-        self.gm: fx.GraphModule = fxscale.trace(net.eval(), x)
+        opts = {"threads": cfg.threads} if cfg.target in ("ort", "torch") else \
+            {"trtexec": cfg.trtexec} if cfg.target == "trtexec" and cfg.trtexec else {}
+        self.target = get_target(cfg.target, **opts)
+        from fxscale.scaling.inputs import input_model
+        self.gm: fx.GraphModule = input_model(cfg, self.bundle, model, log)
         self.cg: ChannelGraph = fxscale.analyze(self.gm)
         if not self.cg.scalable:
             raise FxscaleError(f"model {cfg.model!r} has no scalable channel group; nothing to scale "
@@ -168,7 +104,7 @@ class Pipeline:
     # ---- helpers -------------------------------------------------------------------------------------
     def build(self, plan: ScalingPlan, seed: int = 0) -> fx.GraphModule:
         """The plan's model, freshly initialised (every method trains from scratch)."""
-        new = fxscale.transform(self.gm, plan, init="reinit", resolution_mode="input")
+        new = fxscale.transform(self.gm, plan, init="reinit", resolution_mode="input", max_memory=self.cfg.max_memory)
         torch.manual_seed(seed)
         for m in new.modules():
             if m is not new and hasattr(m, "reset_parameters"):
@@ -193,7 +129,7 @@ class Pipeline:
                          resolution=self.resolution_of(p), tag=tag) for tag, p, seed in plans]
         kw = {"workers": self.cfg.workers} if self.cfg.executor == "local" else {}
         with get_executor(self.cfg.executor, **kw) as ex:
-            if not self.cfg.progress or self.cfg.workers > 1 or self.cfg.executor != "local":
+            if not self.cfg.progress or self.cfg.workers > 1 or self.cfg.executor != "local" or not _tty():
                 return ex.map(run_job, jobs)
             from rich.progress import (
                 BarColumn,
@@ -203,8 +139,9 @@ class Pipeline:
                 TimeElapsedColumn,
             )
             outs = []
+            from rich.console import Console
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          transient=True) as bar:
+                          transient=True, console=Console(stderr=True)) as bar:
                 task = bar.add_task(f"training {len(jobs)} x {epochs} epochs", total=len(jobs))
                 for job in jobs:
                     outs += ex.map(run_job, [job])
@@ -313,8 +250,8 @@ class Pipeline:
         lat_model = self.latency_model()
         base_pred = lat_model.predict(self.cg, ScalingPlan())
         base_params = fxscale.cost(self.cg).params
-        limit_pred = parse_budget(cfg.latency_budget, base_pred, "latency")
-        limit_params = parse_budget(cfg.memory_budget, base_params, "memory")
+        limit_pred = budget_limit(cfg.latency_budget, base_pred, "latency", "latency budget")
+        limit_params = budget_limit(cfg.memory_budget, base_params, "memory", "memory budget")
         budget = Budget(limit_pred, limit_params)
         ratio = (limit_pred / base_pred) if limit_pred is not None else None
         alpha = self.alpha_search()
@@ -433,6 +370,12 @@ class Pipeline:
                              results[name]["val_acc"], results[name]["test_acc"])
             rows.append({**asdict(r), "utilization": r.utilization})
         return rows
+
+
+def _tty() -> bool:
+    """True when stderr is a terminal (a progress bar elsewhere only leaves blank lines in the log)."""
+    import sys
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class _ProfileLatency:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -110,26 +108,33 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
 
 
 def write_outputs(pipe: Any, summary: dict[str, Any], plan: ScalingPlan) -> None:
-    """Write every artefact into a temporary folder, then move them into the out dir together."""
-    out: Path = pipe.out
-    tmp = out / ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model = pipe.build(plan)
-    model.load_state_dict(load_weights(pipe.stages / "weights" / f"hacscale_s{pipe.cfg.seeds[0]}.pt"))
-    model.eval()
-    (tmp / "plan.json").write_text(plan.to_json())
-    torch.save(model, tmp / "model.pt")
+    """Write every artefact into a temporary folder, then move them into the out dir together (nothing on error).
+
+    plan.json (meta["input"]), model.pt (its input checked), model.pt2 (fxscale.load) and the ONNX metadata carry
+    the input contract: shape, dtype, the data's normalisation and label count.
+    """
+    from fxscale.artifacts import contract_props, input_contract, staged_output, write_model_files
     from fxscale.export import export_onnx
-    x = torch.randn(1, pipe.bundle.input_shape[0], *pipe.resolution_of(plan))
-    rep = export_onnx(model, tmp / "model.onnx", x)
-    summary["onnx"] = {"opset": rep.opset, "max_abs_diff": rep.max_abs_diff}
-    plots = _plots(pipe, summary, plan, tmp)
-    (tmp / "report.md").write_text(_markdown(pipe, summary, plots))
-    (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
+    cfg = pipe.cfg
+    dynamic = not getattr(cfg, "static_batch", False)
+    with staged_output(pipe.out) as tmp:
+        model = pipe.build(plan)
+        model.load_state_dict(load_weights(pipe.stages / "weights" / f"hacscale_s{cfg.seeds[0]}.pt"))
+        model.eval()
+        x = torch.randn(1, pipe.bundle.input_shape[0], *pipe.resolution_of(plan))
+        contract = input_contract(x, dynamic_batch=dynamic, mean=pipe.bundle.mean, std=pipe.bundle.std,
+                                  num_classes=pipe.bundle.num_classes)
+        plan.meta["input"] = contract
+        (tmp / "plan.json").write_text(plan.to_json())
+        rep = export_onnx(model, tmp / "model.onnx", x, dynamic_batch=dynamic, metadata=contract_props(contract))
+        summary["onnx"] = {"opset": rep.opset, "max_abs_diff": rep.max_abs_diff, "dynamic_batch": dynamic}
+        summary["input"] = contract
+        plots = _plots(pipe, summary, plan, tmp)
+        (tmp / "report.md").write_text(_markdown(pipe, summary, plots))
+        problem = write_model_files(model, tmp, x, contract, {"plan": json.loads(plan.to_json()),
+                                                              "model": cfg.model, "data": cfg.data}, pipe.log)
+        summary["model_pt2"] = problem or "model.pt2"
+        (tmp / "results.json").write_text(json.dumps(summary, indent=1, default=float))
 
 
 __all__ = ["table", "write_outputs"]

@@ -18,8 +18,8 @@ import torch
 # stage -> (ScaleConfig fields it reads itself, stages whose results it consumes); upstream stages come first.
 # "timing", "training" and "budget" are shared settings / derived values with keys but no stage file.
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "input": (("model", "data", "data_kw"), ()),  # the traced model and dataset every stage works on
-    "timing": (("target", "threads", "runs", "warmup", "rounds"), ()),  # Pipeline.measure
+    "input": (("model", "data", "data_kw", "leaf"), ()),  # the traced model and dataset every stage works on
+    "timing": (("target", "threads", "runs", "warmup", "rounds", "trtexec"), ()),  # Pipeline.measure
     "training": (("batch_size", "lr", "seeds", "device"), ()),  # Pipeline.train_cfg (seeds[0] for searches)
     "latency_model": (("profile",), ("input", "timing")),
     "budget": (("latency_budget", "memory_budget"), ("input", "latency_model")),
@@ -31,7 +31,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": (("epochs",), ("training", "search", "methods")),
     "measure": ((), ("timing", "search", "methods")),
 }
-UNKEYED = ("workers", "executor", "progress")  # how the work runs, not what it computes
+# how the work runs, not what it computes (static_batch only changes how the final ONNX / model.pt2 are exported)
+UNKEYED = ("workers", "executor", "progress", "max_memory", "static_batch")
 
 
 def stage_keys(cfg: Any) -> dict[str, str]:
@@ -63,8 +64,12 @@ def downstream(stage: str) -> set[str]:
 def atomic_write(path: Path, text: str) -> None:
     """Write a text file through a temporary name in the same folder, so a reader never sees half of it."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # an error or Ctrl-C while writing: no stray temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def stage_cached(root: Path, name: str, key: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None],
@@ -94,8 +99,12 @@ def stage_cached(root: Path, name: str, key: str, fn: Callable[[], dict[str, Any
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
     """torch.save through a temporary name (an interrupted save leaves no truncated file under `path`)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(dict(state_dict), tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(dict(state_dict), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
