@@ -173,8 +173,8 @@ def _timm() -> object:
     try:
         import timm
     except ImportError as exc:
-        raise FxscaleError("timm:NAME models need the timm package (pip install timm); it is not importable: "
-                           f"{exc}") from exc
+        raise FxscaleError("timm:NAME models need the optional dependency timm: pip install 'fxscale[timm]' "
+                           f"(it is not importable: {exc})") from exc
     return timm
 
 

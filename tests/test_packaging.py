@@ -122,7 +122,7 @@ def _ray_message(capsys) -> str:
 def _timm_message(capsys) -> str:
     from fxscale import zoo
     with pytest.raises(FxscaleError) as exc:  # the CLI prints it as one line, exit 2
-        zoo.model_from_string("timm.models.resnet:resnet18")
+        zoo.create_model("timm:resnet18")
     return str(exc.value)
 
 
@@ -140,7 +140,7 @@ def _bench_message(capsys) -> str:
 # extra -> (the module it brings, what fails without it and returns the message, what the message must say)
 EXTRA_GUARDS = {
     "ray": ("ray", _ray_message, r"needs the optional dependency ray: pip install 'fxscale\[ray\]'"),
-    "timm": ("timm", _timm_message, r"cannot import module 'timm\.models\.resnet' .*timm"),
+    "timm": ("timm", _timm_message, r"needs? the optional dependency timm: pip install 'fxscale\[timm\]'"),
     "bench": ("torch_pruning", _bench_message, r"torch_pruning is not installed \(pip install -e '\.\[bench\]'\)"),
 }
 
