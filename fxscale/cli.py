@@ -188,6 +188,16 @@ def cmd_transform(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan_args(p: argparse.ArgumentParser, resolution_help: str) -> None:
+    """MODEL, --input-size, --leaf, then --plan | --widen and --resolution (transform, cost, measure)."""
+    add_model_args(p)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--plan", help="plan JSON (widths by group name, resolution, depths)")
+    how.add_argument("--widen", type=positive_float, default=None,
+                     help="uniform width factor on every scalable group (> 0; 1.0 when no --plan is given)")
+    p.add_argument("--resolution", type=positive_int, nargs="+", metavar="PX", help=resolution_help)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """MODEL, --input-size and --leaf (every command that builds a model)."""
     p.add_argument("model", help="torchvision model name, a built-in (digits_vgg, digits_resnet), timm:NAME, "
@@ -216,13 +226,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transform", help="rescale a model with a plan and export it", formatter_class=FORMATTER,
                        description="Apply --plan or a uniform --widen factor and write OUT/model.pt, model.pt2, "
                                    "plan.json, model.onnx and report.json (all of them, or nothing on error).")
-    add_model_args(p)
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--plan", help="plan JSON (widths by group name, resolution, depths)")
-    how.add_argument("--widen", type=positive_float, default=None,
-                     help="uniform width factor on every scalable group (> 0; 1.0 when no --plan is given)")
-    p.add_argument("--resolution", type=positive_int, nargs="+", metavar="PX",
-                   help="new input resolution H [W] in pixels when no --plan is given")
+    add_plan_args(p, "new input resolution H [W] in pixels when no --plan is given")
     p.add_argument("--init", choices=["preserve", "prune", "reinit"], default="preserve",
                    help="weights of changed layers: preserve the function, prune, or re-initialise")
     p.add_argument("--resolution-mode", choices=["resize", "input"], default="resize",

@@ -11,7 +11,7 @@ from fxscale.cli import (
     FORMATTER,
     MEMORY_HINT,
     add_max_memory_arg,
-    add_model_args,
+    add_plan_args,
     check_model_args,
     guarded_transform,
     read_plan,
@@ -27,7 +27,6 @@ from fxscale.cli_checks import (
     check_trtexec,
     fail,
     nonnegative_int,
-    positive_float,
     positive_int,
     stderr_line,
 )
@@ -37,13 +36,7 @@ FLOPS_CONVENTION = "FLOPs = 2 x MACs of conv/linear/matmul/attention (norms, act
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
     """MODEL, --input-size, --leaf, and --plan | --widen, --resolution (shared by cost and measure)."""
-    add_model_args(p)
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--plan", help="plan JSON (widths by group name, resolution, depths)")
-    how.add_argument("--widen", type=positive_float, default=None,
-                     help="uniform width factor on every scalable group (> 0; 1.0 when no --plan is given)")
-    p.add_argument("--resolution", type=positive_int, nargs="+", metavar="PX",
-                   help="input resolution H [W] in pixels (overrides the plan's); the model is taken at that size")
+    add_plan_args(p, "input resolution H [W] in pixels (overrides the plan's); the model is taken at that size")
 
 
 def _scaled_graph(args: argparse.Namespace, transform: bool):

@@ -16,7 +16,6 @@ size (ViTs, LeViT, CrossViT...) are marked ``fixed_input``: build them for the s
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -262,24 +261,10 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
 
 
 def model_from_string(spec: str) -> nn.Module:
-    """A zoo name (``timm:NAME`` included), or ``package.module:callable`` imported and called with no arguments."""
-    if ":" not in spec or spec.startswith(TIMM_PREFIX):
-        return create_model(spec)
-    module_name, _, attr_path = spec.partition(":")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise FxscaleError(f"cannot import module {module_name!r} from {spec!r}: {exc}") from exc
-    for attr in attr_path.split("."):
-        if not hasattr(obj, attr):
-            raise FxscaleError(f"module {module_name!r} has no attribute {attr_path!r} (from {spec!r})")
-        obj = getattr(obj, attr)
-    if not callable(obj):
-        raise FxscaleError(f"{spec!r} is not callable")
-    model = obj()
-    if not isinstance(model, nn.Module):
-        raise FxscaleError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
+    """A zoo name (``timm:NAME`` included), ``package.module:callable`` or ``path/file.py:callable`` called with no
+    arguments (fxscale.modelspec.build_model: one resolver for the CLI and the API)."""
+    from fxscale.modelspec import build_model
+    return build_model(spec)
 
 
 def _is_norm(module: nn.Module) -> bool:
