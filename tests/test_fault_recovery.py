@@ -268,3 +268,17 @@ def test_other_faults_are_one_line(monkeypatch, capsys, error, code, line):
     assert cli.main(["analyze", "digits_vgg"]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(line, err), err
+
+
+def test_profile_file_gets_the_users_umask(tmp_path):
+    import os
+    import stat
+
+    from fxscale.hw.devprofile import DeviceProfile
+    old = os.umask(0o022)
+    try:
+        prof = DeviceProfile(target={"target": "synthetic"}, kinds={})
+        path = prof.save(tmp_path / "p.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

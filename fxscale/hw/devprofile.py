@@ -194,6 +194,9 @@ class DeviceProfile:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the file the user's usual mode
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -371,7 +371,7 @@ def cli_main(args: Any) -> int:
     if args.input_size:
         names = [m if "@" in m else f"{m}@{args.input_size}" for m in names]
     settings = (Settings.quick if args.quick else Settings)(seed=args.seed)
-    console = Console()
+    console = Console(stderr=True)  # progress on stderr, results on stdout
     with Progress(TextColumn("{task.description:14s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         tasks: dict[str, Any] = {}
