@@ -31,8 +31,11 @@ INTERRUPTED = "fxscale: interrupted; rerun the same command to resume"
 def _interrupt_when(argv: list[str], pattern: str, cwd: Path) -> tuple[int, list[str], str]:
     """Run `python -m fxscale ARGV`, send SIGINT once a stderr line matches `pattern`; (status, stderr lines, stdout)."""
     env = {k: v for k, v in os.environ.items() if k != "FXSCALE_TRACEBACK"}
+    # a shell that starts jobs in the background ignores SIGINT, and Python keeps an inherited SIG_IGN: the child
+    # gets the default disposition back, as it has in a terminal
     proc = subprocess.Popen([sys.executable, "-m", "fxscale", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(cwd), env=env)
+                            text=True, cwd=str(cwd), env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     killer = threading.Timer(240, proc.kill)
     killer.start()
     lines: list[str] = []
