@@ -101,6 +101,8 @@ CASES = [
     C("transform-resolution-three-values", "transform digits_vgg --resolution 8 8 8 --out {w}/o",
       r"--resolution takes H or H W \(pixels\), got 3 values"),
     C("transform-init-unknown", "transform digits_vgg --init magic --out {w}/o", r"argument --init: invalid choice: 'magic'"),
+    C("transform-resolution-mode-unknown", "transform digits_vgg --resolution-mode sideways --out {w}/o",
+      r"argument --resolution-mode: invalid choice: 'sideways'"),
     C("transform-max-memory-text", "transform digits_vgg --max-memory lots --out {w}/o",
       r"--max-memory 'lots' is not a memory size; give bytes or a size such as 64GB"),
     C("transform-max-memory-tiny", "transform digits_vgg --widen 2 --max-memory 1KB --out {w}/o",
