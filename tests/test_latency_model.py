@@ -16,7 +16,6 @@ from fxscale.hw.predictor import LatencyPredictor, PredictorState, layer_sites
 from fxscale.scaling.budget import Budget
 from fxscale.scaling.greedy import CostLatency, GreedyResult, importance_aware_widths
 from fxscale.scaling.measure import AnalyticLatency
-from fxscale.scaling.pipeline import _ProfileLatency
 from fxscale.scaling.powerlaw import ImportancePredictor, PowerLaw
 
 CASES = [("digits_resnet", None), ("resnet18", 64)]  # zoo model, traced side (None: its small input size)
@@ -75,7 +74,6 @@ def test_both_implementations_satisfy_the_protocol(traced_zoo):
     cg = traced_zoo("digits_resnet").cg
     plan = fxscale.ScalingPlan()
     models = [_model(k, cg) for k in KINDS]
-    models.append(_ProfileLatency(models[1], "p.json"))
     for m in models:
         assert isinstance(m, LatencyModel)
         state = m.bind(cg, plan)
@@ -83,7 +81,6 @@ def test_both_implementations_satisfy_the_protocol(traced_zoo):
         assert isinstance(m.to_dict(), dict) and m.to_dict()["kind"] in ("analytic", "device profile")
     assert isinstance(models[0].bind(cg, plan), CostLatency)
     assert isinstance(models[1].bind(cg, plan), PredictorState)
-    assert models[2].to_dict() == {"kind": "device profile", "path": "p.json"}
     assert not isinstance(object(), LatencyModel) and not isinstance(object(), BoundLatency)
     assert not isinstance(cg, LatencyModel)
 
@@ -93,7 +90,6 @@ def test_profile_predictor_records_its_profile_path(traced_zoo, tmp_path):
     path = _synthetic_profile(_profile_kinds(cg)).save(tmp_path / "p.json")
     pred = LatencyPredictor(str(path))
     assert pred.to_dict() == {"kind": "device profile", "path": str(path)}  # what the pipeline's summary records
-    assert _ProfileLatency(pred, str(path)).to_dict() == pred.to_dict()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -133,8 +129,8 @@ def test_greedy_plans_identical_through_the_protocol(kind, rule, cg):
     budget = Budget(latency_ms=1.3 * model.predict(cg, start))
     if isinstance(model, AnalyticLatency):  # the state the greedy loop was handed before the protocol
         before = [CostLatency(cg, start, model.c_mac, model.c_byte, model.c0, mode=model.mode)]
-    else:  # the predictor's own bind(cg, resolution, plan), directly and through the pipeline's wrapper
-        before = [model.bind(cg, start.resolution, start), _ProfileLatency(model, "p.json").bind(cg, start)]
+    else:  # the predictor's own bind(cg, resolution, plan)
+        before = [model.bind(cg, start.resolution, start)]
     assert got.steps
     for state in before:
         want = _greedy_bound(state, pred, budget, cg, start, rule)

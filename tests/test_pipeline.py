@@ -196,14 +196,13 @@ def test_greedy_runs_on_a_device_profile_predictor(tmp_path):
     from fxscale.hw.predictor import LatencyPredictor
     from fxscale.scaling.budget import Budget
     from fxscale.scaling.greedy import importance_aware_widths
-    from fxscale.scaling.pipeline import _ProfileLatency
     from fxscale.scaling.powerlaw import ImportancePredictor, PowerLaw
     cg = fxscale.analyze(fxscale.trace(fxscale.zoo.create_model("resnet18").eval(), torch.randn(1, 3, 64, 64)))
     prof = _synthetic_profile(["conv_k7_s2", "conv_k3", "conv_k3_s2", "conv_k1_s2", "norm", "elementwise", "pool",
                                "gpool", "linear"])
     path = tmp_path / "p.json"
     prof.save(path)
-    lat = _ProfileLatency(LatencyPredictor(str(path), mode="input"), str(path))
+    lat = LatencyPredictor(str(path), mode="input")  # the pipeline hands the predictor itself to Algorithm 1
     start = fxscale.ScalingPlan(resolution=(72, 72))
     base = lat.predict(cg, start)
     pred = ImportancePredictor({g.name: PowerLaw(1.0 + i, -1.0, 1, 1, 5) for i, g in enumerate(cg.scalable)})

@@ -16,7 +16,6 @@ from fxscale.scaling.powerlaw import ImportancePredictor
 RULES = ("paper", "cost")
 
 
-IncrementalLatency = BoundLatency  # the former name of the bound-state protocol
 
 
 class _LayerSum:
@@ -180,5 +179,5 @@ def back_off(result: GreedyResult, measure: Callable[[ScalingPlan], float], limi
     return lo, m_lo if m_lo is not None else measure(result.prefix(lo))
 
 
-__all__ = ["CostLatency", "GreedyResult", "IncrementalLatency", "ParamTracker", "RULES", "Step", "back_off",
+__all__ = ["CostLatency", "GreedyResult", "ParamTracker", "RULES", "Step", "back_off",
            "importance_aware_widths"]

@@ -23,7 +23,7 @@ from torch import nn
 import fxscale
 from fxscale.analysis.graph import ChannelGraph
 from fxscale.errors import FxscaleError
-from fxscale.hw.latency import BoundLatency, LatencyModel
+from fxscale.hw.latency import LatencyModel
 from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import Budget, Evaluator, bisect_max, scaled_resolution, uniform_widths
 from fxscale.scaling.config import METHOD_NAMES, ScaleConfig, budget_limit
@@ -376,25 +376,6 @@ def _tty() -> bool:
     """True when stderr is a terminal (a progress bar elsewhere only leaves blank lines in the log)."""
     import sys
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-
-class _ProfileLatency:
-    """A LatencyModel delegating to another, recording `path` (the pipeline now uses its predictor directly)."""
-
-    def __init__(self, predictor: LatencyModel, path: str) -> None:
-        self.p, self.path = predictor, path
-
-    def predict(self, cg: ChannelGraph, plan: ScalingPlan) -> float:
-        """The wrapped model's prediction (ms)."""
-        return self.p.predict(cg, plan)
-
-    def bind(self, cg: ChannelGraph, plan: ScalingPlan) -> BoundLatency:
-        """The wrapped model's bound state at `plan`."""
-        return self.p.bind(cg, plan)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The wrapped model's description with this wrapper's path."""
-        return {**self.p.to_dict(), "path": str(self.path)}
 
 
 def scale(model: str | nn.Module = "digits_resnet", out: str | os.PathLike = "out", **settings: Any) -> dict[str, Any]:
