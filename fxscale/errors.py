@@ -18,6 +18,10 @@ class PlanError(FxscaleError):
     """A scaling plan or scaling setting is invalid for the graph it is applied to (names the plan key)."""
 
 
+class InfeasibleBudget(PlanError):
+    """No assembly of candidates meets a latency (or params) budget; names the budget and the minimum achievable."""
+
+
 class VerificationError(FxscaleError):
     """A transformed graph failed verification (names the node and module)."""
 
@@ -42,5 +46,5 @@ class ReportError(FxscaleError):
     """Results, costs or accuracy files for a report are missing or malformed (names the file or entry)."""
 
 
-__all__ = ["ExportError", "FxscaleError", "LoweringError", "PlanError", "ProfileError", "ReportError", "TargetError",
-           "TraceError", "VerificationError"]
+__all__ = ["ExportError", "FxscaleError", "InfeasibleBudget", "LoweringError", "PlanError", "ProfileError",
+           "ReportError", "TargetError", "TraceError", "VerificationError"]
