@@ -1,8 +1,13 @@
-"""Dataset registry (digits, synthetic, tensors, CIFAR, ImageFolder) and resolution-aware loaders."""
+"""Dataset registry (digits, synthetic, tensors, glyphs, CIFAR, ImageFolder) and resolution-aware loaders.
+
+Validation is never the test set: every factory returns a non-empty val split that is disjoint from test (a seeded,
+stratified hold-out of train where the source has no validation set of its own), records in `DataBundle.splits`
+where each split came from, and `get_dataset` checks the disjointness before returning.
+"""
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
@@ -15,14 +20,36 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, 
 from torch.utils.data.distributed import DistributedSampler
 
 from fxscale.errors import FxscaleError
+from fxscale.glyphs import glyphs
 
 Resolution = int | tuple[int, int]
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
+class SplitInfo:
+    """Where one split came from: `indices` into `source` (None: the whole source) and a one-line description."""
+
+    source: str
+    indices: tuple[int, ...] | None
+    how: str
+
+    def overlaps(self, other: SplitInfo) -> bool:
+        """True when the two splits can share a sample: the same source and intersecting (or whole) index sets."""
+        if self.source != other.source:
+            return False
+        if self.indices is None or other.indices is None:
+            return True
+        return bool(set(self.indices) & set(other.indices))
+
+
+@dataclass(frozen=True)
 class DataBundle:
-    """Train/val/test datasets yielding normalised (C,H,W) float tensors and int64 labels."""
+    """Train/val/test datasets yielding normalised (C,H,W) float tensors and int64 labels.
+
+    `splits` records the provenance of each split (see SplitInfo; `describe_splits()` for the report); `info`
+    holds dataset-specific facts (e.g. the font faces of each glyphs split).
+    """
 
     name: str
     train: Dataset
@@ -32,6 +59,13 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    splits: Mapping[str, SplitInfo] = field(default_factory=dict, compare=False, hash=False)
+    info: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def describe_splits(self) -> dict[str, str]:
+        """One line per split saying where it came from and how many samples it holds."""
+        return {s: f"{self.splits[s].how} ({len(self.split(s))} samples)" if s in self.splits
+                else f"{len(self.split(s))} samples, provenance not recorded" for s in SPLITS}
 
     def split(self, split: str) -> Dataset:
         """The dataset of one split ("train", "val" or "test")."""
@@ -74,6 +108,25 @@ def check_labels(name: str, labels: Sequence[int] | np.ndarray | torch.Tensor, n
                            "a classifier needs at least two classes")
 
 
+def check_val_not_test(bundle: DataBundle) -> DataBundle:
+    """Return bundle, or raise FxscaleError when its val split could hold test samples (or is empty).
+
+    Epochs, alpha and rules are chosen on val; a val that is (or overlaps) the reported test set would leak the test
+    set into those choices.
+    """
+    if len(bundle.val) == 0:
+        raise FxscaleError(f"dataset {bundle.name!r}: the val split is empty; a non-empty validation split, disjoint "
+                           "from test, is needed to choose epochs and alpha")
+    if bundle.val is bundle.test:
+        raise FxscaleError(f"dataset {bundle.name!r}: the val split is the test split; validation must never be the "
+                           "test set")
+    val, test = bundle.splits.get("val"), bundle.splits.get("test")
+    if val is not None and test is not None and val.overlaps(test):
+        raise FxscaleError(f"dataset {bundle.name!r}: val ({val.how}) and test ({test.how}) share samples of "
+                           f"{val.source!r}; validation must never see the test set")
+    return bundle
+
+
 def _stratified_splits(labels: np.ndarray, val_fraction: float, test_fraction: float,
                        seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic stratified train/val/test index split."""
@@ -81,8 +134,6 @@ def _stratified_splits(labels: np.ndarray, val_fraction: float, test_fraction: f
 
     idx = np.arange(labels.size)
     rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
-    if val_fraction == 0:
-        return np.sort(rest), np.array([], dtype=int), np.sort(test)
     val_share = val_fraction / (1.0 - test_fraction)
     train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=seed)
     return np.sort(train), np.sort(val), np.sort(test)
@@ -107,9 +158,12 @@ def _reduce_train(name: str, train: np.ndarray, labels: np.ndarray, train_fracti
 
 
 def _check_fractions(name: str, val_fraction: float, test_fraction: float) -> None:
-    """Validate the held-out split fractions."""
-    if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise FxscaleError(f"dataset {name!r}: need 0 <= val_fraction, 0 < test_fraction and val+test < 1; "
+    """Validate the held-out split fractions; val_fraction=0 is refused (there is no fallback to the test set)."""
+    if val_fraction == 0:
+        raise FxscaleError(f"dataset {name!r}: val_fraction=0 leaves no validation split; epochs and alpha are chosen "
+                           "on val and fxscale never validates on the test set, so give val_fraction > 0")
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise FxscaleError(f"dataset {name!r}: need 0 < val_fraction, 0 < test_fraction and val+test < 1; "
                            f"got val_fraction={val_fraction}, test_fraction={test_fraction}")
 
 
@@ -147,8 +201,15 @@ def bundle_from_tensors(name: str, x: torch.Tensor, y: torch.Tensor, num_classes
     y = y.long()
     check_labels(name, y[tr], n_cls, "train")
     parts = [TensorDataset(x[i], y[i]) for i in (tr, va, te)]
+    source = f"{name}[{labels.size}]"
+    how = {"train": f"stratified {100 * (1 - val_fraction - test_fraction):.0f}% of {labels.size}"
+                    + (f", reduced to train_fraction={train_fraction}" if train_fraction is not None else ""),
+           "val": f"stratified {100 * val_fraction:.0f}% of {labels.size}",
+           "test": f"stratified {100 * test_fraction:.0f}% of {labels.size}"}
+    splits = {s: SplitInfo(source, tuple(int(i) for i in ix), f"{name}: {how[s]} (seed {seed})")
+              for s, ix in zip(SPLITS, (tr, va, te))}
     return DataBundle(name, *parts, num_classes=n_cls, input_shape=tuple(x.shape[1:]),  # type: ignore[arg-type]
-                      mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+                      mean=tuple(mean.tolist()), std=tuple(std.tolist()), splits=splits)
 
 
 def digits(train_fraction: float | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
@@ -200,15 +261,24 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _holdout(name: str, targets: Sequence[int], val_size: int, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified (train, val) index lists holding val_size samples out of a torchvision train set."""
-    idx = list(range(len(targets)))
+    """Stratified (train, val) index lists holding val_size samples out of a torchvision train set.
+
+    val_size=0 is refused: the validation split chooses epochs and alpha and must never be the test set.
+    """
     if val_size == 0:
-        return idx, []
-    if not 0 < val_size < len(targets):
-        raise FxscaleError(f"dataset {name!r}: val_size={val_size} must lie in 0..{len(targets) - 1}")
+        raise FxscaleError(f"dataset {name!r}: val_size=0 leaves no validation split; fxscale never validates on the "
+                           f"test set, so give val_size > 0 (a stratified hold-out of the train set)")
+    n_cls = len(set(targets))
+    if not n_cls <= val_size <= len(targets) - n_cls:
+        raise FxscaleError(f"dataset {name!r}: val_size={val_size} must lie in {n_cls}..{len(targets) - n_cls} "
+                           f"(at least one sample per class in val and in train)")
     from sklearn.model_selection import train_test_split
 
-    tr, va = train_test_split(idx, test_size=val_size, stratify=list(targets), random_state=seed)
+    idx = list(range(len(targets)))
+    try:
+        tr, va = train_test_split(idx, test_size=val_size, stratify=list(targets), random_state=seed)
+    except ValueError as exc:
+        raise FxscaleError(f"dataset {name!r}: cannot hold out a stratified val_size={val_size}: {exc}") from exc
     return sorted(tr), sorted(va)
 
 
@@ -232,19 +302,24 @@ def _cifar(name: str, root: str | Path, download: bool, val_size: int, augment: 
     check_labels(name, train_plain.targets, n_cls, "train")
     check_labels(name, test.targets, n_cls, "test")
     tr, va = _holdout(name, train_plain.targets, val_size, seed)
-    val = Subset(train_plain, va) if va else test
-    return DataBundle(name, Subset(train_aug, tr), val, test, n_cls, (3, 32, 32), CIFAR_MEAN[name], CIFAR_STD[name])
+    src = f"{name}/train"
+    splits = {"train": SplitInfo(src, tuple(tr), f"{name} train set minus the val hold-out"),
+              "val": SplitInfo(src, tuple(va), f"{name}: stratified hold-out of {val_size} from the train set "
+                                               f"(seed {seed})"),
+              "test": SplitInfo(f"{name}/test", None, f"the official {name} test set")}
+    return DataBundle(name, Subset(train_aug, tr), Subset(train_plain, va), test, n_cls, (3, 32, 32),
+                      CIFAR_MEAN[name], CIFAR_STD[name], splits=splits)
 
 
 def cifar10(root: str | Path = "data", download: bool = False, val_size: int = 5000, augment: bool = True,
             seed: int = 0) -> DataBundle:
-    """torchvision CIFAR-10 (crop-4 + flip for train); download=False unless asked."""
+    """torchvision CIFAR-10 (crop-4 + flip for train); val is a seeded stratified hold-out of val_size train images."""
     return _cifar("cifar10", root, download, val_size, augment, seed)
 
 
 def cifar100(root: str | Path = "data", download: bool = False, val_size: int = 5000, augment: bool = True,
              seed: int = 0) -> DataBundle:
-    """torchvision CIFAR-100 (crop-4 + flip for train); download=False unless asked."""
+    """torchvision CIFAR-100 (crop-4 + flip for train); val is a seeded stratified hold-out of the train set."""
     return _cifar("cifar100", root, download, val_size, augment, seed)
 
 
@@ -264,23 +339,47 @@ def _image_folder(root: Path, sub: str, transform: Any) -> Any:
 
 
 def imagefolder(root: str | Path, size: int = 32, augment: bool = True,
-                mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> DataBundle:
-    """torchvision ImageFolder from root/train and root/val (root/test if present), resized to size x size."""
+                mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                val_fraction: float = 0.1, seed: int = 0) -> DataBundle:
+    """torchvision ImageFolder from root/train and root/val (root/test if present), resized to size x size.
+
+    With root/test: train/, val/ and test/ are used as they are. Without it (the usual ImageNet layout) the given
+    val/ becomes the test split and the val split is a seeded, stratified hold-out of val_fraction of train/
+    (at least one image per class), so validation is never the reported test set.
+    """
     from torchvision import transforms as T
 
     root = Path(root)
     base = [T.Resize((size, size), antialias=True), T.ToTensor(), T.Normalize(mean, std)]
     aug = [T.RandomHorizontalFlip()] if augment else []
     train = _image_folder(root, "train", T.Compose(aug + base))
-    val = _image_folder(root, "val", T.Compose(base))
-    test = _image_folder(root, "test", T.Compose(base)) if (root / "test").is_dir() else val
-    for split, ds in (("val", val), ("test", test)):
+    given_val = _image_folder(root, "val", T.Compose(base))
+    has_test = (root / "test").is_dir()
+    test = _image_folder(root, "test", T.Compose(base)) if has_test else given_val
+    for split, ds in (("val", given_val), ("test", test)):
         if ds.classes != train.classes:
             raise FxscaleError(f"dataset 'imagefolder': {split} classes {ds.classes} differ from train classes "
                                f"{train.classes}; use the same class sub-folders in every split")
     n_cls = len(train.classes)
     check_labels("imagefolder", train.targets, n_cls, "train")
-    return DataBundle("imagefolder", train, val, test, n_cls, (len(mean), size, size), tuple(mean), tuple(std))
+    src = f"imagefolder:{root}"
+    if has_test:
+        splits = {s: SplitInfo(f"{src}/{s}", None, f"imagefolder: {root / s}") for s in SPLITS}
+        return DataBundle("imagefolder", train, given_val, test, n_cls, (len(mean), size, size), tuple(mean),
+                          tuple(std), splits=splits)
+    if not 0 < val_fraction < 1:
+        raise FxscaleError(f"dataset 'imagefolder': val_fraction={val_fraction} must lie in (0, 1); without "
+                           f"{root / 'test'} the val split is carved out of train/ and val/ becomes the test split")
+    val_size = max(n_cls, int(round(val_fraction * len(train.targets))))
+    tr, va = _holdout("imagefolder", train.targets, val_size, seed)
+    plain = _image_folder(root, "train", T.Compose(base))
+    splits = {"train": SplitInfo(f"{src}/train", tuple(tr), f"imagefolder: {root / 'train'} minus the val hold-out"),
+              "val": SplitInfo(f"{src}/train", tuple(va), f"imagefolder: stratified hold-out of {val_size} images "
+                                                          f"from {root / 'train'} (seed {seed})"),
+              "test": SplitInfo(f"{src}/val", None, f"imagefolder: {root / 'val'} (no test/ folder, so val/ is "
+                                                    "the test split)")}
+    return DataBundle("imagefolder", Subset(train, tr), Subset(plain, va), test, n_cls, (len(mean), size, size),
+                      tuple(mean), tuple(std), splits=splits)
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -289,6 +388,7 @@ REGISTRY: Mapping[str, DataSpec] = MappingProxyType({s.name: s for s in (
     DataSpec("digits", digits, "scikit-learn 8x8 digits, 10 classes, embedded (default)"),
     DataSpec("synthetic", synthetic, "class-conditional Gaussian blobs of any shape (tests)"),
     DataSpec("tensors", tensors, "user-supplied image/label tensors"),
+    DataSpec("glyphs", glyphs, "font-rendered characters, 36 classes, split by font face, generated and cached"),
     DataSpec("cifar10", cifar10, "torchvision CIFAR-10 from a local root"),
     DataSpec("cifar100", cifar100, "torchvision CIFAR-100 from a local root"),
     DataSpec("imagefolder", imagefolder, "torchvision ImageFolder with train/ and val/ sub-folders"),
@@ -311,7 +411,7 @@ def get_dataset(name: str = "digits", /, **kw: Any) -> DataBundle:
     except TypeError as exc:
         raise FxscaleError(f"dataset {name!r}: bad arguments {sorted(kw)} ({exc}); "
                            f"accepted: {', '.join(sig.parameters)}") from exc
-    return spec.factory(**kw)
+    return check_val_not_test(spec.factory(**kw))
 
 
 # ----------------------------------------------------------------------------------------- loaders
