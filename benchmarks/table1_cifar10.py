@@ -71,7 +71,7 @@ def main() -> None:
     run(a.out, "cifar10", {"root": a.root, "download": a.download}, device=a.device, epochs=a.epochs,
         search_epochs=a.search_epochs, sample_epochs=a.sample_epochs, seeds=tuple(range(a.seeds)), batch_size=128,
         lr=0.1, target=a.target, workers=a.workers, memory_budget="3x",
-        methods=("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale"))
+        methods=("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale-lite"))
 
 
 if __name__ == "__main__":

@@ -154,15 +154,24 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from fxscale.artifacts import classes_of, contract_props, input_contract, staged_output, write_model_files
     from fxscale.export import export_onnx
     _validate_transform(args)
+    if args.weights:
+        check_in_file(args.weights, "--weights")
+    if args.data:
+        from fxscale.cli_checks import check_dataset
+        check_dataset(args.data, "--data")
     plan = read_plan(args.plan) if args.plan else None  # a malformed plan fails before the model is built
-    _model, gm, cg = traced(args)
+    model, gm, cg = traced(args)
+    if args.weights:  # the trace shares the model's tensors: loading in place sets both
+        from fxscale.scaling.warm import load_state
+        load_state(model, args.weights, "--weights")
     if plan is None:
         widen = 1.0 if args.widen is None else args.widen
         if args.widen is not None and widen != 1.0 and not cg.scalable:
             fail(f"--widen {args.widen:g}: model {args.model} has no scalable channel group, so no width can change "
                  f"(run `fxscale analyze {args.model}` to see why each group is fixed)")
         plan = uniform_plan(cg, widen, check_resolution(args.resolution))
-    new = guarded_transform(args, gm, cg, plan, init=args.init, resolution_mode=args.resolution_mode)
+    imp = _taylor(args, gm, plan) if args.data else None
+    new = guarded_transform(args, gm, cg, plan, init=args.init, resolution_mode=args.resolution_mode, importance=imp)
     changed = sum(1 for g in cg.groups if plan.widths.get(g.name, g.width) != g.width)
     if args.widen not in (None, 1.0) and changed == 0:
         warnings.warn(f"--widen {args.widen:g} changes no group width (each width is rounded to its divisor)")
@@ -175,6 +184,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
                           metadata=contract_props(contract))
         p0, p1 = (sum(p.numel() for p in m.parameters()) for m in (gm, new))
         summary = {"model": args.model, "init": args.init, "params_before": p0, "params_after": p1,
+                   "weights": args.weights, "importance": f"taylor on {args.data}" if imp else "l1",
                    "groups_changed": changed, "resolution": list(plan.resolution) if plan.resolution else None,
                    "onnx_opset": rep.opset, "onnx_max_abs_diff": rep.max_abs_diff, "dynamic_batch": rep.dynamic_batch,
                    "input": contract}
@@ -186,6 +196,21 @@ def cmd_transform(args: argparse.Namespace) -> int:
           f"{'model.pt2, ' if problem is None else ''}plan.json, model.onnx (opset {rep.opset}, max|diff| "
           f"{rep.max_abs_diff:.2e}), report.json")
     return 0
+
+
+def _taylor(args: argparse.Namespace, gm: Any, plan: Any) -> Any:
+    """Taylor importance of gm's channels on --importance-batches batches of --data (None if nothing shrinks)."""
+    from fxscale.data import get_dataset
+    from fxscale.scaling.warm import shrinks, taylor_importance
+    if args.init == "reinit" or not shrinks(gm, plan):
+        return None
+    bundle = get_dataset(args.data)
+    res = tuple(gm.meta["fxscale"]["resolution"])
+    try:
+        return taylor_importance(gm, bundle, batches=args.importance_batches, resolution=res)
+    except (RuntimeError, IndexError) as e:
+        fail(f"--data {args.data}: the model cannot run on its batches ({one_line(e)[:200]}); give data with the "
+             "model's input channels and classes")
 
 
 def add_plan_args(p: argparse.ArgumentParser, resolution_help: str) -> None:
@@ -236,6 +261,13 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-batch", action="store_true",
                    help="export ONNX and model.pt2 with a fixed batch of 1 (default: a dynamic batch dimension)")
     add_max_memory_arg(p)
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="load this state dict (or fxscale.train checkpoint) into MODEL before rescaling it")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="a dataset (e.g. digits): channels a shrink keeps are chosen by Taylor importance on a few of "
+                        "its training batches instead of by L1 norm")
+    p.add_argument("--importance-batches", type=positive_int, default=4, metavar="N",
+                   help="batches of --data for the Taylor importance (default 4)")
     p.add_argument("--out", required=True, help="output folder (created; its files are replaced together)")
     p.set_defaults(func=cmd_transform)
 

@@ -1,4 +1,5 @@
-"""Seeded training/evaluation loop: SGD/Adam, step/cosine/exp schedules, label smoothing, checkpoints, DDP."""
+"""Seeded training/evaluation loop: SGD/Adam, step/cosine/exp schedules with optional linear warm-up, label
+smoothing, knowledge distillation from a teacher (fxscale.train_kd), checkpoints, DDP."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,7 @@ from torch import nn
 
 from fxscale.data import DataBundle, Resolution, get_dataset, loader
 from fxscale.errors import FxscaleError
+from fxscale.train_kd import distill_loss, teacher_logits
 
 SCHEDULES = ("step", "cosine", "exp")
 OPTIMIZERS = ("sgd", "adam")
@@ -49,6 +51,9 @@ class TrainConfig:
     restore_best: bool = False  # load the best-val-accuracy weights into the model at the end
     num_workers: int = 0  # DataLoader worker processes
     eval_batch_size: int = 256
+    warmup_epochs: int = 0  # linear warm-up epochs (lr*(t+1)/(w+1)) before `schedule` runs over the rest
+    distill_weight: float = 0.0  # KD: (1-w)*CE + w*T^2*KL(teacher/T || student/T); needs train(..., teacher=)
+    distill_temperature: float = 4.0  # KD softmax temperature T
 
     def __post_init__(self) -> None:
         """Reject invalid settings with a message naming the field."""
@@ -60,7 +65,10 @@ class TrainConfig:
                (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
                (0 < self.beta <= 1 and 0 < self.gamma <= 1, "beta and gamma must lie in (0, 1]"),
                (self.threads is None or self.threads >= 1, "threads must be >= 1 or None"),
-               (not self.resume or self.checkpoint_dir is not None, "resume=True needs checkpoint_dir")]
+               (not self.resume or self.checkpoint_dir is not None, "resume=True needs checkpoint_dir"),
+               (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must lie in [0, epochs)"),
+               (0 <= self.distill_weight <= 1, "distill_weight must lie in [0, 1]"),
+               (self.distill_temperature > 0, "distill_temperature must be > 0")]
         errors = [msg for ok, msg in bad if not ok]
         if errors:
             raise FxscaleError("invalid TrainConfig: " + "; ".join(errors))
@@ -97,8 +105,10 @@ EpochCallback = Callable[[int, TrainResult], "bool | None"]
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of the given epoch (0-based) under cfg's schedule."""
-    t, total = epoch, cfg.epochs
+    """Learning rate of the given epoch (0-based): linear warm-up for cfg.warmup_epochs, then cfg's schedule."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    t, total = epoch - cfg.warmup_epochs, cfg.epochs - cfg.warmup_epochs
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t / total))
     if cfg.schedule == "exp":
@@ -247,7 +257,8 @@ class _Dist:
 
 
 def _train_epoch(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, opt: torch.optim.Optimizer,
-                 epoch: int, resolution: Resolution | None, device: torch.device, ctx: _Dist) -> tuple[float, float]:
+                 epoch: int, resolution: Resolution | None, device: torch.device, ctx: _Dist,
+                 teacher: nn.Module | None = None) -> tuple[float, float]:
     """One pass over the train split; returns (mean loss, accuracy) over all ranks."""
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     shard = (ctx.rank, ctx.world) if ctx.ddp else None
@@ -263,6 +274,8 @@ def _train_epoch(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, opt: to
         opt.zero_grad(set_to_none=True)
         out = model(x)
         loss = crit(out, y)
+        if teacher is not None and cfg.distill_weight > 0:
+            loss = distill_loss(loss, out, teacher_logits(teacher, x), cfg.distill_weight, cfg.distill_temperature)
         loss.backward()
         opt.step()
         loss_sum += loss.detach() * len(y)
@@ -287,11 +300,16 @@ def _progress(enabled: bool) -> Any:
 
 
 def _fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, resolution: Resolution | None,
-         device: torch.device, ctx: _Dist, on_epoch_end: EpochCallback | None) -> TrainResult:
+         device: torch.device, ctx: _Dist, on_epoch_end: EpochCallback | None,
+         teacher: nn.Module | None = None) -> TrainResult:
     """Shared single-process / DDP training loop."""
+    if cfg.distill_weight > 0 and teacher is None:
+        raise FxscaleError("distill_weight > 0 needs a teacher model: train(..., teacher=model)")
     start = time.perf_counter()
     seed_everything(cfg.seed)
     model.to(device)
+    if teacher is not None:
+        teacher.to(device)
     opt = make_optimizer(model, cfg)
     result = TrainResult(device=str(device), resolution=resolution)
     ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
@@ -305,7 +323,7 @@ def _fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, resolution: Res
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, epoch)
-            loss, acc = _train_epoch(net, bundle, cfg, opt, epoch, resolution, device, ctx)
+            loss, acc = _train_epoch(net, bundle, cfg, opt, epoch, resolution, device, ctx, teacher)
             ctx.sync_buffers(model)
             val = evaluate(model, bundle, "val", resolution, cfg.eval_batch_size) if has_val else float("nan")
             for key, value in (("train_loss", loss), ("train_acc", acc), ("val_acc", val), ("lr", lr_at(cfg, epoch)),
@@ -328,17 +346,19 @@ def _fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, resolution: Res
 
 
 def train(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, resolution: Resolution | None = None,
-          on_epoch_end: EpochCallback | None = None) -> TrainResult:
+          on_epoch_end: EpochCallback | None = None, teacher: nn.Module | None = None) -> TrainResult:
     """Train model in place on bundle's train split (resized to resolution), validating every epoch.
 
     on_epoch_end(epoch, result) runs after each epoch's checkpoint; returning True stops training early.
+    teacher (eval mode, frozen, fed the same batches) is distilled into model when cfg.distill_weight > 0.
     """
     with torch_settings(cfg.threads, cfg.deterministic):
-        return _fit(model, bundle, cfg, resolution, resolve_device(cfg.device), _Dist(), on_epoch_end)
+        return _fit(model, bundle, cfg, resolution, resolve_device(cfg.device), _Dist(), on_epoch_end, teacher)
 
 
 def train_ddp(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, resolution: Resolution | None = None,
-              backend: str | None = None, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+              backend: str | None = None, on_epoch_end: EpochCallback | None = None,
+              teacher: nn.Module | None = None) -> TrainResult:
     """Data-parallel train(): run one process per GPU under torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set).
 
     Each rank sees a DistributedSampler shard of cfg.batch_size samples per step; rank 0 writes checkpoints;
@@ -361,7 +381,7 @@ def train_ddp(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, resolution
     try:
         with torch_settings(cfg.threads, cfg.deterministic):
             ctx = _Dist(dist.get_rank(), dist.get_world_size(), ddp=True)
-            return _fit(model, bundle, cfg, resolution, device, ctx, on_epoch_end)
+            return _fit(model, bundle, cfg, resolution, device, ctx, on_epoch_end, teacher)
     finally:
         if created:
             dist.destroy_process_group()
@@ -380,6 +400,7 @@ class TrainJob:
     dataset_kw: dict[str, Any] = field(default_factory=dict)
     resolution: Resolution | None = None
     tag: Any = None
+    teacher: nn.Module | None = None  # distilled into model when cfg.distill_weight > 0
 
 
 @dataclass
@@ -395,7 +416,7 @@ class JobOutcome:
 def run_job(job: TrainJob) -> JobOutcome:
     """Train and test one TrainJob (a top-level function, so Executors can ship it to worker processes)."""
     bundle = job.dataset if isinstance(job.dataset, DataBundle) else get_dataset(job.dataset, **job.dataset_kw)
-    result = train(job.model, bundle, job.cfg, job.resolution)
+    result = train(job.model, bundle, job.cfg, job.resolution, teacher=job.teacher)
     with torch_settings(job.cfg.threads, False):
         test_acc = evaluate(job.model, bundle, "test", job.resolution, job.cfg.eval_batch_size)
     state = {k: v.detach().cpu() for k, v in job.model.state_dict().items()}

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision.models as tvm
@@ -28,6 +29,11 @@ from torchvision.models.resnet import BasicBlock
 
 from fxscale.errors import FxscaleError
 from fxscale.ops.table import module_row
+
+if TYPE_CHECKING:
+    import os
+
+    from fxscale.plan import ScalingPlan
 
 REPRESENTATIVE_SLICE = (
     "resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "shufflenet_v2_x1_0", "squeezenet1_1",
@@ -231,21 +237,60 @@ def representative_slice() -> list[str]:
     return list(REPRESENTATIVE_SLICE)
 
 
-def create_model(name: str, weights: str | None = None, num_classes: int | None = None,
-                 **kwargs: object) -> nn.Module:
-    """Build a zoo model by name; ``weights`` is forwarded to torchvision (None: random init, no download).
+def create_model(name: str, weights: str | None = None, num_classes: int | None = None, *,
+                 plan: "ScalingPlan | str | os.PathLike[str] | None" = None, init: str = "preserve",
+                 input_size: int | None = None, **kwargs: object) -> nn.Module:
+    """Build a zoo model by name, optionally with weights and rescaled by a plan with those weights carried over.
 
-    ``timm:NAME`` builds ``timm.create_model(NAME, pretrained=False, num_classes=..., **kwargs)``.
+    ``weights``: None (random init, no download); a local file (a state dict, a fxscale.train checkpoint or a
+    ``{"state_dict": ...}`` file: anything ending in .pt/.pth/.bin/.tar or an existing path) loaded after the
+    build; otherwise torchvision's weight name (``"DEFAULT"``, ``"IMAGENET1K_V1"``: torchvision downloads them),
+    or ``"pretrained"`` for a timm model (timm downloads them). Downloads happen only when asked for like this.
+    ``timm:NAME`` builds ``timm.create_model(NAME, pretrained=..., num_classes=..., **kwargs)``.
+
+    ``plan`` (a ScalingPlan or a plan JSON path): the model is traced at ``input_size`` (default: the model's
+    native size; 8 for the digits models) and returned as ``fxscale.transform(gm, plan, init=init,
+    resolution_mode="input")``, a GraphModule whose changed layers are initialised by ``init``: "preserve" (the
+    trained function is kept: Net2Net growth, identity depth; a shrink keeps the largest-L1 channels), "prune" or
+    "reinit". To shrink by Taylor importance on data, see fxscale.scaling.warm.taylor_importance.
     """
+    path = _weights_file(weights)
+    model = _build(name, None if path is not None else weights, num_classes, kwargs)
+    if path is not None:
+        from fxscale.scaling.warm import load_state
+        load_state(model, path, "weights")
+    if plan is None:
+        return model
+    return _rescale(name, model, plan, init, input_size, kwargs)
+
+
+def _weights_file(weights: str | None) -> str | None:
+    """The path when ``weights`` names a local file (FxscaleError when it looks like one but is missing)."""
+    if weights is None:
+        return None
+    import os
+    text = str(weights)
+    if os.path.isfile(text):
+        return text
+    if text.endswith((".pt", ".pth", ".bin", ".tar")) or os.sep in text:
+        raise FxscaleError(f"weights file {text} does not exist")
+    return None
+
+
+def _build(name: str, weights: str | None, num_classes: int | None, kwargs: dict) -> nn.Module:
+    """The model itself: timm, built-in or torchvision (``weights``: a download name, never a file)."""
     if name.startswith(TIMM_PREFIX):
-        if weights is not None:
-            raise FxscaleError(f"timm models are built without pretrained weights (got weights={weights!r})")
+        if weights not in (None, "pretrained"):
+            raise FxscaleError(f"timm models take weights='pretrained' (timm downloads them) or a local file, "
+                               f"got weights={weights!r}")
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        return _timm().create_model(_timm_name(name), pretrained=False, **kwargs)  # type: ignore[attr-defined]
+        return _timm().create_model(_timm_name(name), pretrained=weights == "pretrained",  # type: ignore[attr-defined]
+                                    **kwargs)
     if name in _LOCAL_MODELS:
         if weights is not None:
-            raise FxscaleError(f"model {name!r} has no pretrained weights (got weights={weights!r})")
+            raise FxscaleError(f"model {name!r} has no pretrained weights (got weights={weights!r}; "
+                               "give a local weights file instead)")
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
         return _LOCAL_MODELS[name](**kwargs)
@@ -258,6 +303,26 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
         if weights is None:
             kwargs.setdefault("init_weights", True)
     return tvm.get_model(name, weights=weights, **kwargs)
+
+
+def _rescale(name: str, model: nn.Module, plan: object, init: str, input_size: int | None,
+             kwargs: dict) -> nn.Module:
+    """``model`` traced at its size and transformed by ``plan`` (a ScalingPlan or a JSON file path)."""
+    import fxscale
+    from fxscale.errors import PlanError
+    from fxscale.plan import ScalingPlan
+    if not isinstance(plan, ScalingPlan):
+        try:
+            text = open(plan, encoding="utf-8").read()  # type: ignore[arg-type]
+        except (OSError, TypeError, UnicodeDecodeError) as e:
+            raise PlanError(f"plan must be a ScalingPlan or a readable plan JSON file, got {plan!r} ({e})") from e
+        plan = ScalingPlan.from_json(text)
+    spec = get_spec(name)
+    channels = int(kwargs.get("in_channels", spec.in_channels))  # type: ignore[call-overload]
+    side = input_size or spec.full_input_size
+    x = torch.zeros(1, channels, side, side)
+    gm = fxscale.trace(model.eval(), x)
+    return fxscale.transform(gm, plan, init=init, resolution_mode="input")
 
 
 def model_from_string(spec: str) -> nn.Module:

@@ -15,7 +15,7 @@ from fxscale.zoo import digits_resnet, digits_vgg
 
 torch.set_num_threads(1)
 
-METHODS = ["depth", "dollar", "efficientnet", "neuralscale", "resolution", "uniform"]
+METHODS = ["depth", "dollar", "efficientnet", "neuralscale-lite", "resolution", "uniform"]
 MODELS = {"resnet": digits_resnet, "vgg": digits_vgg}
 
 
@@ -63,7 +63,7 @@ def next_plan(cg, plan):
         s = m["s"] * (1 + eps)
         return B.compound_plan(cg, s ** 0.1, s ** 0.4, s ** 0.05, stages=stages, align=m["align"],
                                depth_rounding="round")
-    if m["method"] == "neuralscale":
+    if m["method"] == "neuralscale-lite":
         p0 = m["params_target"] / m["params_ratio"]
         fit = {k: (v["a"], v["b"]) for k, v in m["fit"].items()}
         return B.neuralscale_plan(cg, fit, m["params_target"] + eps * p0, m["align"])
@@ -150,7 +150,7 @@ def test_flops_scale(cg, name):
     assert f == plan.meta["predicted"]["flops"]
     assert f <= 2.0 * base
     assert flops(cg, next_plan(cg, plan)) > 2.0 * base
-    if name in ("uniform", "dollar", "neuralscale"):  # fine-grained knobs: within a few %
+    if name in ("uniform", "dollar", "neuralscale-lite"):  # fine-grained knobs: within a few %
         assert f >= 0.95 * 2.0 * base
 
 
@@ -217,7 +217,7 @@ def test_neuralscale_importance(resnet):
     imp = {g.name: torch.rand(g.width, generator=gen) for g in resnet.scalable}
     imp["stages.1.1.conv1"] = imp["stages.1.1.conv1"] + 10.0  # never pruned: keeps its width
     budget = Budget(latency_ms=1.5 * ev(ScalingPlan())[0])
-    plan = B.neuralscale(resnet, ev, budget, importance=imp)
+    plan = B.neuralscale_lite(resnet, ev, budget, importance=imp)
     assert plan.meta["importance"] == "given" and plan.meta["samples"] >= 3
     assert plan.meta["fit"]["stages.1.1.conv1"]["b"] == pytest.approx(0.0, abs=1e-9)
     ratios = {g.name: plan.widths[g.name] / g.width for g in resnet.scalable}
@@ -227,20 +227,20 @@ def test_neuralscale_importance(resnet):
     fr = plan.meta["fractions"]
     assert fr[0] == 1.0 and min(fr) <= 0.31 and fr == sorted(fr, reverse=True)
     # an Importance-like object with .channels works the same
-    same = B.neuralscale(resnet, ev, budget, importance=SimpleNamespace(channels=imp))
+    same = B.neuralscale_lite(resnet, ev, budget, importance=SimpleNamespace(channels=imp))
     assert same.widths == plan.widths
     # default scores (weight magnitudes)
-    assert B.neuralscale(resnet, ev, budget).meta["importance"] == "l1"
+    assert B.neuralscale_lite(resnet, ev, budget).meta["importance"] == "l1"
     with pytest.raises(PlanError, match="entries"):
-        B.neuralscale(resnet, ev, budget, importance={**imp, "stem.0": torch.ones(3)})
+        B.neuralscale_lite(resnet, ev, budget, importance={**imp, "stem.0": torch.ones(3)})
     with pytest.raises(PlanError, match="no scores"):
-        B.neuralscale(resnet, ev, budget, importance={"stem.0": imp["stem.0"]})
+        B.neuralscale_lite(resnet, ev, budget, importance={"stem.0": imp["stem.0"]})
 
 
 def test_align(resnet):
     ev = Evaluator(resnet, latency)
     budget = Budget(latency_ms=2.0 * ev(ScalingPlan())[0])
-    for name in ("uniform", "dollar", "neuralscale"):
+    for name in ("uniform", "dollar", "neuralscale-lite"):
         plan = B.get_baseline(name)(resnet, ev, budget, align=8)
         plan.validate(resnet)
         assert all(w % 8 == 0 for w in plan.widths.values()), (name, plan.widths)
@@ -299,7 +299,7 @@ GOLDEN_RESNET_FS2 = {
     "efficientnet": ({"stages.0.0.conv1": 17, "stages.0.1.conv1": 17, "stages.1.0.conv1": 33, "stages.1.0.conv2": 33,
                       "stages.1.1.conv1": 33, "stem.0": 17}, (8, 8), {"stages.0": 3, "stages.1": 3},
                      0.4337705969810486, 3765492),
-    "neuralscale": ({"stages.0.0.conv1": 26, "stages.0.1.conv1": 20, "stages.1.0.conv1": 38, "stages.1.0.conv2": 57,
+    "neuralscale-lite": ({"stages.0.0.conv1": 26, "stages.0.1.conv1": 20, "stages.1.0.conv1": 38, "stages.1.0.conv2": 57,
                      "stages.1.1.conv1": 43, "stem.0": 20}, None, {}, 2.036512943533282, 4434804),
     "resolution": ({}, (10, 10), {}, 1.3125, 3511040),
     "uniform": ({"stages.0.0.conv1": 22, "stages.0.1.conv1": 22, "stages.1.0.conv1": 45, "stages.1.0.conv2": 45,
@@ -321,7 +321,7 @@ def test_table_rows_are_the_registry():
     assert sorted(B.TABLE) == METHODS
     for name, row in B.TABLE.items():
         fn = B.get_baseline(name)
-        assert fn.__name__ == name and fn.__doc__ == row.doc and getattr(B, name) is fn
+        assert fn.__name__ == name and fn.__doc__ == row.doc and getattr(B, name.replace("-", "_")) is fn
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -331,3 +331,18 @@ def test_golden_plans(resnet, name):
     assert (plan.widths, plan.resolution, plan.depths) == (widths, res, depths)
     assert plan.meta["method"] == name and plan.meta[plan.meta["knob"]] == pytest.approx(knob, rel=1e-9)
     assert plan.meta["predicted"]["flops"] == f
+
+
+@pytest.mark.parametrize("name", ["uniform", "resolution", "depth", "neuralscale-lite"])
+def test_knob_ladder_runs_from_the_baseline_to_the_plan(resnet, name):
+    """The measured back-off's ladder: baseline first, the chosen plan last, cost non-decreasing, all within budget."""
+    ev = Evaluator(resnet, latency)
+    budget = Budget(latency_ms=1.8 * ev(ScalingPlan())[0])
+    plan = B.get_baseline(name)(resnet, ev, budget)
+    ladder = B.knob_ladder(B.TABLE[name], resnet, ev, budget, plan)
+    assert ladder[0].to_json() == ScalingPlan().to_json() and ladder[-1] is plan and len(ladder) >= 2
+    lat = [ev(p)[0] for p in ladder]
+    assert all(b >= a - 1e-12 for a, b in zip(lat[1:], lat[2:])) and lat[-1] <= budget.latency_ms  # the knob
+    # (rung 1 may cost less than the baseline: NeuralScale-lite's fitted law at 1.0x params is not the baseline)
+    keys = [(p.widths, p.resolution, p.depths) for p in ladder]
+    assert all(a != b for a, b in zip(keys, keys[1:]))  # consecutive duplicates removed

@@ -261,3 +261,39 @@ def test_saved_profile_kind_keys_round_trip_through_kernel_kind(fake_profile, tm
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ProfileError, match=r"bad\.json.*unknown kernel family 'warp' in kind 'warp_k3'"):
         DeviceProfile.load(tmp_path / "bad.json")
+
+
+class _StageTimer:
+    """A RoundTimer stand-in for the calibration stage: per stage, the synthetic truth times a per-item factor."""
+
+    def __init__(self, factors: dict[str, list[float]]) -> None:
+        self.factors, self.failures, self.stages = factors, [], []
+        self.truth = FakeTarget()
+
+    def run(self, items, budget_ms, stage, chunk=32, subtract=True):
+        self.stages.append(stage)
+        f = self.factors[stage]
+        return [self.truth.latency(m, tuple(s)) * f[i % len(f)] for i, (m, s) in enumerate(items)]
+
+
+@pytest.mark.parametrize("drift", [True, False])
+def test_poor_calibration_is_rechecked_for_drift_and_warned(fake_profile, drift):
+    """Calibration above CALIBRATION_WARN_MAPE re-measures the references; drift -> refit, else one warning."""
+    import warnings as _w
+
+    from fxscale.hw.profile import CALIBRATION_WARN_MAPE, _calibrate, resolve_models
+    noisy = [3.0, 0.4, 2.5, 0.5, 1.8, 0.3]  # a loaded machine while the references were first timed
+    timer = _StageTimer({"calibration": noisy, "recalibration": [1.0] if drift else noisy})
+    entries = resolve_models(["digits_resnet"])
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        cal, check = _calibrate(timer, fake_profile, entries, random.Random(0),
+                                Settings.quick(calibration_plans=5), "per_kind")
+    assert timer.stages == ["calibration", "recalibration"] and check["remeasured"]
+    poor = [str(w.message) for w in caught if "calibration is poor" in str(w.message)]
+    if drift:
+        assert check["refit"] and check["mape_before_refit"] > CALIBRATION_WARN_MAPE
+        assert cal.mape_after == check["mape_after"] < CALIBRATION_WARN_MAPE and not poor
+    else:
+        assert not check.get("refit") and check["drift"] == 0.0 and len(poor) == 1
+        assert f"{CALIBRATION_WARN_MAPE:.0%}" in poor[0]

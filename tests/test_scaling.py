@@ -12,7 +12,7 @@ from torch import nn
 import fxscale
 from fxscale.errors import FxscaleError, PlanError
 from fxscale.scaling.budget import Budget, parse_budget, round_width
-from fxscale.scaling.greedy import CostLatency, ParamTracker, back_off, importance_aware_widths
+from fxscale.scaling.greedy import CostLatency, ParamTracker, importance_aware_widths
 from fxscale.scaling.importance import Importance, importance
 from fxscale.scaling.pipeline import ScaleConfig
 from fxscale.scaling.powerlaw import ImportancePredictor, PowerLaw, fit_power_law, fit_predictor, sample_configs
@@ -143,16 +143,66 @@ def test_greedy_rejects_start_over_budget_and_bad_rule(traced_zoo):
         importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(), start=start, rule="best")
 
 
-def test_back_off_finds_largest_fitting_prefix(traced_zoo):
+def test_back_off_finds_largest_accepted_rung(traced_zoo):
+    """One back-off for every method: the largest ladder index whose ratio's upper bound fits (index 0 = baseline)."""
+    from fxscale.scaling.backoff import MeasuredRatio, back_off
     cg, pred = _resnet18_setup(traced_zoo)
     start = fxscale.ScalingPlan()
     base = CostLatency(cg, start).total
     r = importance_aware_widths(cg, pred, CostLatency(cg, start), Budget(latency_ms=base * 1.5), start=start,
                                 rule="cost")
-    limit = base * 1.2  # "measured" = predicted: the answer is the last step whose latency fits
-    k, m = back_off(r, lambda p: CostLatency(cg, p).total, limit)
-    want = max(i + 1 for i, s in enumerate(r.steps) if s.latency_ms <= limit)
-    assert k == want and m <= limit
+    ladder = [fxscale.ScalingPlan()] + [r.prefix(k) for k in range(1, len(r.steps) + 1)]
+
+    def measure(p):  # "measured" = predicted, with an interval of +-3%: the upper end decides
+        x = CostLatency(cg, p).total / base
+        return MeasuredRatio(x, 0.97 * x, 1.03 * x, 0.95, 10, True)
+    bo = back_off(ladder, measure, 1.2)
+    want = max([0] + [i + 1 for i, s in enumerate(r.steps) if 1.03 * s.latency_ms / base <= 1.2])
+    assert bo.index == want and bo.measured.high <= 1.2
+    assert [c["accepted"] for c in bo.checks] == [c["high"] <= 1.2 for c in bo.checks]
+    assert back_off(ladder, lambda p: MeasuredRatio(9, 9, 9, 0.95, 10, True), 1.2).index == 0  # nothing fits
+
+
+def test_adaptive_intervals_add_rounds_until_tight():
+    from fxscale.scaling.backoff import adaptive_intervals
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def rounds_of(n):  # item 1 is 1.3x item 0 with 5% multiplicative noise per round
+        calls.append(n)
+        base = 1.0 + 0.01 * rng.standard_normal(n)
+        return [list(base), list(1.3 * base * np.exp(0.05 * rng.standard_normal(n)))]
+    (b, m), vals = adaptive_intervals(rounds_of, halfwidth=0.02, max_rounds=200)
+    assert b.ratio == 1.0 and m.tight and m.low <= 1.3 <= m.high and (m.high - m.low) / 2 <= 0.02 * m.ratio
+    assert len(calls) > 1 and m.rounds == sum(calls) == len(vals[1])  # 10 noisy rounds are not enough
+    (_b, loose), _ = adaptive_intervals(rounds_of, halfwidth=0.001, max_rounds=30)
+    assert loose.rounds == 30 and not loose.tight  # the cap stops it and the record says so
+
+
+@pytest.mark.parametrize("s", [1.3, 2.0, 4.0])
+def test_alpha_candidates_have_equal_flops_after_rounding(traced_zoo, s):
+    from fxscale.scaling.alpha import equal_flops_plan
+    _gm, cg, _x = traced_zoo("resnet18", 64)
+    base = fxscale.cost(cg).flops
+    plans = [equal_flops_plan(cg, a, s) for a in (0.25, 0.5, 0.75)]
+    ratios = [fxscale.cost(cg, p, mode="input").flops / base for p in plans]
+    assert all(abs(x / s - 1) <= 0.05 for x in ratios), ratios
+    assert [p.meta["flops_ratio"] for p in plans] == pytest.approx(ratios)
+    assert plans[0].resolution[0] <= plans[1].resolution[0] <= plans[2].resolution[0]  # alpha moves it to resolution
+
+
+def test_s_search_and_tie_rule(traced_zoo):
+    from fxscale.scaling.alpha import choose, equal_flops_plan, search_s
+    _gm, cg, _x = traced_zoo("resnet18", 64)
+    base = fxscale.cost(cg).flops
+    fits = lambda p: fxscale.cost(cg, p, mode="input").flops <= 1.6 * base  # noqa: E731
+    s = search_s(cg, (0.25, 0.75), 4.0, fits)
+    assert 1.3 < s <= 1.6 and all(fits(equal_flops_plan(cg, a, s)) for a in (0.25, 0.75))
+    assert search_s(cg, (0.5,), 3.0, None) == 3.0  # no budget: s is the given scale
+    cands = [{"alpha": 0.75, "val_acc": 0.9, "measured_ms": 1.0}, {"alpha": 0.25, "val_acc": 0.9, "measured_ms": 1.0},
+             {"alpha": 0.5, "val_acc": 0.9, "measured_ms": 0.8}, {"alpha": 0.1, "val_acc": 0.8}]
+    assert choose(cands)["alpha"] == 0.5  # tie on val -> lower measured latency
+    assert choose(cands[:2])["alpha"] == 0.25  # then the smaller alpha
 
 
 def test_param_tracker_matches_cost_model(traced_zoo):
@@ -174,7 +224,9 @@ def test_budget_parsing():
 
 @pytest.mark.parametrize("kw,msg", [({"alpha": 1.0}, "alpha must lie in"), ({"alphas": (0.0, 0.5)}, "alpha must"),
                                     ({"methods": ("magic",)}, "unknown methods"), ({"rule": "x"}, "rule must"),
-                                    ({"samples": 1}, "samples must")])
+                                    ({"samples": 1}, "samples must"), ({"variants": ("wide",)}, "unknown variants"),
+                                    ({"ci_halfwidth": 0.0}, "ci_halfwidth must"), ({"max_rounds": 5}, "max_rounds"),
+                                    ({"flops_tol": 1.5}, "flops_tol must"), ({"baseline_align": 0}, "baseline_align")])
 def test_scale_config_rejects_bad_settings(kw, msg):
     with pytest.raises(PlanError, match=msg):
         ScaleConfig(**kw).validate()

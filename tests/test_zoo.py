@@ -139,3 +139,65 @@ def test_digits_resnet_has_identity_and_projection_shortcuts() -> None:
     blocks = [m for m in zoo.digits_resnet().modules() if isinstance(m, torchvision.models.resnet.BasicBlock)]
     shortcuts = [b.downsample is None for b in blocks]
     assert True in shortcuts and False in shortcuts
+
+
+# ---------------------------------------------------------------------------------------- create_model(plan=...)
+
+
+def _bn_stats_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics (a trained model's), so an exactness check can fail."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("name", ["digits_resnet", pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_create_model_with_weights_file_and_plan_keeps_the_function(name: str, tmp_path) -> None:
+    import fxscale
+    from fxscale.plan import ScalingPlan
+    torch.manual_seed(0)
+    src = _bn_stats_(zoo.create_model(name)).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    spec = zoo.get_spec(name)
+    size = 8 if name.startswith("digits") else 32
+    cg = fxscale.analyze(fxscale.trace(src, spec.example_input(size=size)))
+    plan = ScalingPlan(widths={g.name: 2 * g.width for g in cg.scalable[:3]})
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    for given in (plan, str(tmp_path / "plan.json")):
+        new = zoo.create_model(name, weights=str(tmp_path / "w.pt"), plan=given, input_size=size).eval()
+        assert isinstance(new, torch.fx.GraphModule)
+        assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in src.parameters())
+        x = spec.example_input(batch=4, size=size, seed=1)
+        with torch.no_grad():
+            ref, out = src(x), new(x)
+        assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()))
+    fresh = zoo.create_model(name, plan=plan, init="reinit", input_size=size).eval()  # random weights, same shapes
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+
+
+def test_create_model_weights_and_plan_errors(tmp_path) -> None:
+    from fxscale.errors import PlanError
+    from fxscale.plan import ScalingPlan
+    with pytest.raises(FxscaleError, match="does not exist"):
+        zoo.create_model("digits_vgg", weights=str(tmp_path / "missing.pt"))
+    torch.save(zoo.create_model("digits_resnet").state_dict(), tmp_path / "resnet.pt")
+    with pytest.raises(FxscaleError, match="does not fit the model"):
+        zoo.create_model("digits_vgg", weights=str(tmp_path / "resnet.pt"))
+    with pytest.raises(PlanError, match="readable plan JSON"):
+        zoo.create_model("digits_vgg", plan=str(tmp_path / "missing.json"))
+    with pytest.raises(PlanError, match="init must be one of"):
+        zoo.create_model("digits_vgg", plan=ScalingPlan(), init="copy")
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("timm"), reason="timm not installed")
+def test_create_model_timm_weights_file_and_no_download_names(tmp_path) -> None:
+    src = zoo.create_model("timm:resnet10t", num_classes=5)
+    torch.save(src.state_dict(), tmp_path / "t.pt")
+    loaded = zoo.create_model("timm:resnet10t", weights=str(tmp_path / "t.pt"), num_classes=5)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(FxscaleError, match="weights='pretrained'"):
+        zoo.create_model("timm:resnet10t", weights="IMAGENET1K_V1")

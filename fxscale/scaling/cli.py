@@ -28,6 +28,15 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+def _noise(text: str) -> Any:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+
+
 def option_labels(parser: argparse.ArgumentParser) -> dict[str, str]:
     """ScaleConfig field -> the option that sets it (--alphas for alphas, ...), for messages in CLI wording."""
     labels = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
@@ -49,7 +58,11 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        runs=args.runs, warmup=args.warmup, workers=args.workers, executor=args.executor,
                        profile=args.profile, device=args.device, progress=not getattr(args, "quiet", False),
                        leaf=tuple(args.leaf) if args.leaf else None, trtexec=args.trtexec,
-                       max_memory=args.max_memory, static_batch=args.static_batch)
+                       max_memory=args.max_memory, static_batch=args.static_batch,
+                       start=args.start, weights=args.weights, warm_fraction=args.warm_fraction, noise=args.noise,
+                       distill=args.distill, variants=_names(args.variants) if args.variants is not None else
+                       d.variants, search_s=not args.fixed_s, flops_tol=args.flops_tol, ci_halfwidth=args.ci_halfwidth,
+                       max_rounds=args.max_rounds, baseline_align=args.baseline_align)
 
 
 def validate(args: argparse.Namespace, labels: dict[str, str]) -> ScaleConfig:
@@ -73,6 +86,7 @@ def cmd_scale(args: argparse.Namespace, labels: dict[str, str]) -> int:
     quiet = getattr(args, "quiet", False)
     summary = Pipeline(cfg, args.out, log=(lambda _m: None) if quiet else stderr_line).run()
     print(table(summary["methods"]))
+    print(f"exported {summary['hacscale_choice']['chosen']} (best HACScale row on validation)")
     print(f"wrote {Path(args.out) / 'report.md'}, plan.json, model.pt, model.pt2, model.onnx, results.json")
     return 0
 
@@ -108,9 +122,28 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-epochs", type=_int, default=d.sample_epochs, help="epochs per sampled configuration")
     p.add_argument("--search-epochs", type=_int, default=d.search_epochs, help="epochs per alpha candidate")
     p.add_argument("--epochs", type=_int, default=d.epochs, help="epochs of the final trainings")
-    p.add_argument("--rule", choices=RULES, default=d.rule, help="paper: argmax importance; cost: per ms")
+    p.add_argument("--rule", choices=RULES, default=d.rule, help="rule of the hacscale row; paper (default): argmax "
+                   "importance, as in Algorithm 1; cost: importance per ms")
     p.add_argument("--stride", type=_int, default=d.stride, help="kernels added per step (paper: 10)")
-    p.add_argument("--align", type=_int, default=d.align, help="round widths to multiples of this many channels")
+    p.add_argument("--align", type=_int, default=d.align, help="round widths to multiples of this many channels "
+                   "(paper and default: 1; the hacscale-align8 row uses 8)")
+    p.add_argument("--variants", default=None,
+                   help="extra HACScale rows beside `hacscale` (the paper's rule, --stride, --align): align8 (widths "
+                        f"aligned to 8), cost (the cost-aware rule), comma separated (default {','.join(d.variants)}; "
+                        "'' for none); the exported model is the row best on validation")
+    p.add_argument("--baseline-align", type=_int, default=d.baseline_align,
+                   help="round the comparison methods' widths to multiples of this (default 8: ORT/MLAS blocks "
+                        "channels by 8, and unaligned widening costs about +50%% latency on a CPU; 1: unaligned)")
+    p.add_argument("--fixed-s", action="store_true",
+                   help="use s = --flops-scale for the alpha candidates (default: with a budget, the largest s <= "
+                        "--flops-scale whose candidates all fit it)")
+    p.add_argument("--flops-tol", type=finite_float, default=d.flops_tol,
+                   help="alpha candidates: relative tolerance of the equal-FLOPs-after-rounding rule (0..1)")
+    p.add_argument("--ci-halfwidth", type=finite_float, default=d.ci_halfwidth,
+                   help="measured latency ratios: add interleaved rounds until the 95%% interval half-width is at most "
+                        "this fraction of the ratio (0..1)")
+    p.add_argument("--max-rounds", type=_int, default=d.max_rounds,
+                   help="... or until this many rounds (>= 6)")
     p.add_argument("--methods", default=None,
                    help=f"baselines to compare, comma separated, from {','.join(METHOD_NAMES)} (default "
                         f"{','.join(d.methods)}; '' for none)")
@@ -131,6 +164,18 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
                         "MemAvailable of /proc/meminfo")
     p.add_argument("--static-batch", action="store_true",
                    help="export ONNX and model.pt2 with a fixed batch of 1 (default: a dynamic batch dimension)")
+    p.add_argument("--start", choices=("scratch", "trained"), default=d.start,
+                   help="scratch: train every method from scratch (the paper); trained: apply every plan to the trained "
+                        "baseline (--weights, or trained first) function-preservingly and fine-tune it warm")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="--start trained: the baseline's state dict (default: the pipeline trains the baseline)")
+    p.add_argument("--warm-fraction", type=finite_float, default=d.warm_fraction,
+                   help="--start trained: fine-tune epochs as a fraction of each stage's epochs (0..1]")
+    p.add_argument("--noise", type=_noise, default=d.noise,
+                   help="--start trained: symmetry-breaking noise on replicated channels (>= 0, relative to each "
+                        "weight's mean |w|), or auto: the largest with <= 2%% output drift, measured per plan")
+    p.add_argument("--distill", type=finite_float, default=d.distill,
+                   help="--start trained: weight of distillation from the baseline in [0, 1] (0: off)")
     p.add_argument("--out", default="out", help="output folder (stages are resumed from it)")
     p.set_defaults(func=functools.partial(_run, labels=None, parser=p))
 

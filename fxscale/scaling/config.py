@@ -21,7 +21,8 @@ from fxscale.cli_checks import (
 from fxscale.errors import PlanError
 from fxscale.scaling.greedy import RULES
 
-METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale")
+METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale-lite")
+VARIANTS = ("align8", "cost")  # extra HACScale rows beside the paper's: aligned widths, the cost-aware rule
 
 
 @dataclass
@@ -44,8 +45,14 @@ class ScaleConfig:
     epochs: int = 20
     rule: str = "paper"
     stride: int = 10
-    align: int = 8  # ORT/MLAS and TensorRT block channels by 8/16: on this CPU 32 -> 33 channels cost +52% latency
-    methods: tuple[str, ...] = ("uniform", "resolution", "efficientnet", "dollar", "neuralscale")
+    align: int = 1  # the paper: no alignment (the "hacscale-align8" row aligns to 8: ORT/MLAS block channels by 8)
+    variants: tuple[str, ...] = VARIANTS  # extra HACScale rows ("align8": align 8, "cost": rule cost)
+    baseline_align: int = 8  # widths of the comparison methods (uniform, compound, NeuralScale-lite) round to this
+    search_s: bool = True  # with a budget, s = the largest value <= flops_scale whose alpha candidates all fit
+    flops_tol: float = 0.05  # alpha candidates: stated tolerance of the equal-FLOPs-after-rounding rule
+    ci_halfwidth: float = 0.02  # measured ratios: add rounds until the interval half-width <= this x the ratio
+    max_rounds: int = 60  # ... or this many interleaved rounds
+    methods: tuple[str, ...] = ("uniform", "resolution", "efficientnet", "dollar", "neuralscale-lite")
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 64
     lr: float = 0.05
@@ -61,6 +68,12 @@ class ScaleConfig:
     trtexec: Optional[str] = None  # trtexec binary for target "trtexec" (None: trtexec on PATH)
     max_memory: Optional[str] = None  # refuse plans above this (bytes or '64GB'); None: MemAvailable
     static_batch: bool = False  # ONNX / model.pt2 with a fixed batch of 1 instead of a dynamic batch dim
+    # warm start (fxscale.scaling.warm): "trained" fine-tunes every method from the trained baseline's weights
+    start: str = "scratch"  # "scratch" | "trained"
+    weights: Optional[str] = None  # start="trained": the baseline's weights file (None: the pipeline trains it)
+    warm_fraction: float = 0.25  # start="trained": fine-tune epochs = max(1, round(fraction x epochs))
+    noise: Any = "auto"  # start="trained": symmetry-breaking noise >= 0, or "auto" (calibrated per plan)
+    distill: float = 0.0  # start="trained": weight of distillation from the baseline (0: off)
 
     def validate(self, labels: Optional[Mapping[str, str]] = None) -> None:
         """Reject bad settings with one line naming the setting (by its label in `labels`, else its field name)."""
@@ -74,9 +87,9 @@ class ScaleConfig:
                     raise PlanError(f"{lab(name)}: alpha must lie in (0, 1), got {a} (alpha=0 is width-only, "
                                     "1 resolution-only)")
         ints = [("samples", 2, "to fit a power law"), ("epochs", 1, ""), ("search_epochs", 1, ""),
-                ("sample_epochs", 1, ""), ("stride", 1, "kernels added per step"), ("align", 1, "channels"),
+                ("sample_epochs", 1, ""), ("stride", 1, "kernels added per step"), ("align", 1, "channels"), ("baseline_align", 1, "channels"),
                 ("batch_size", 1, "images"), ("runs", 1, "timed runs"), ("warmup", 0, "runs"), ("rounds", 1, ""),
-                ("threads", 1, "")]
+                ("threads", 1, ""), ("max_rounds", 6, "interleaved rounds (>= 6 for a 95% interval)")]
         for name, low, what in ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -85,6 +98,11 @@ class ScaleConfig:
                   (self.lr > 0, f"{lab('lr')} must be > 0, got {self.lr}"),
                   (self.rule in RULES, f"{lab('rule')} must be one of {RULES}, got {self.rule!r}"),
                   (bool(self.seeds), f"{lab('seeds')} must not be empty"),
+                  (0 < self.ci_halfwidth < 1, f"{lab('ci_halfwidth')} must lie in (0, 1), got {self.ci_halfwidth}"),
+                  (0 < self.flops_tol < 1, f"{lab('flops_tol')} must lie in (0, 1), got {self.flops_tol}"),
+                  (all(v in VARIANTS for v in self.variants),
+                   f"{lab('variants')}: unknown variants {[v for v in self.variants if v not in VARIANTS]}; choose "
+                   f"from {', '.join(VARIANTS)}"),
                   (isinstance(self.data_kw, dict), f"{lab('data_kw')} must be a JSON object / dict")]
         for ok, msg in checks:
             if not ok:
@@ -107,6 +125,28 @@ class ScaleConfig:
             parse_size(self.max_memory, lab("max_memory"))
         from fxscale.hw.base import MeasureProtocol
         MeasureProtocol(warmup=self.warmup, runs=self.runs)  # TargetError naming any other bad protocol field
+        check_warm(self, lab)
+
+
+START_MODES = ("scratch", "trained")
+
+
+def check_warm(cfg: "ScaleConfig", lab: Any) -> None:
+    """The warm-start settings: start, weights (a readable file), warm_fraction, noise, distill."""
+    import math
+    if cfg.start not in START_MODES:
+        raise PlanError(f"{lab('start')} must be one of {', '.join(START_MODES)}, got {cfg.start!r}")
+    if cfg.weights is not None:
+        if cfg.start != "trained":
+            raise PlanError(f"{lab('weights')} is only used with {lab('start')} trained")
+        check_in_file(cfg.weights, lab("weights"))
+    if not (isinstance(cfg.warm_fraction, (int, float)) and 0 < cfg.warm_fraction <= 1):
+        raise PlanError(f"{lab('warm_fraction')} must lie in (0, 1], got {cfg.warm_fraction!r}")
+    if cfg.noise != "auto" and not (isinstance(cfg.noise, (int, float)) and not isinstance(cfg.noise, bool)
+                                    and math.isfinite(cfg.noise) and cfg.noise >= 0):
+        raise PlanError(f"{lab('noise')} must be 'auto' or a number >= 0, got {cfg.noise!r}")
+    if not (isinstance(cfg.distill, (int, float)) and 0 <= cfg.distill <= 1):
+        raise PlanError(f"{lab('distill')} must lie in [0, 1], got {cfg.distill!r}")
 
 
 def budget_limit(value: Any, baseline: float, what: str, label: str) -> Optional[float]:
@@ -123,4 +163,4 @@ def budget_limit(value: Any, baseline: float, what: str, label: str) -> Optional
     return limit
 
 
-__all__ = ["METHOD_NAMES", "ScaleConfig", "budget_limit"]
+__all__ = ["METHOD_NAMES", "START_MODES", "VARIANTS", "ScaleConfig", "budget_limit", "check_warm"]

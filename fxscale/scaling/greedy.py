@@ -82,7 +82,7 @@ class GreedyResult:
     params: int = 0
 
     def prefix(self, k: int) -> ScalingPlan:
-        """The plan after the first k steps (used to back off when the measured latency is over budget)."""
+        """The plan after the first k steps (rungs of the measured back-off ladder, fxscale.scaling.backoff)."""
         widths = dict(self.plan.meta.get("start_widths", {}))
         for s in self.steps[:k]:
             widths[s.group] = s.width
@@ -162,22 +162,4 @@ def _choose(pred: ImportancePredictor, latency: BoundLatency, widths: dict[str, 
     return best[1], best[2], best[3]
 
 
-def back_off(result: GreedyResult, measure: Callable[[ScalingPlan], float], limit_ms: float) -> tuple[int, float]:
-    """Largest step count whose measured latency fits (binary search over prefixes); returns (k, measured ms)."""
-    k_hi = len(result.steps)
-    m = measure(result.prefix(k_hi))
-    if m <= limit_ms:
-        return k_hi, m
-    lo, hi, m_lo = 0, k_hi, None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        mm = measure(result.prefix(mid))
-        if mm <= limit_ms:
-            lo, m_lo = mid, mm
-        else:
-            hi = mid
-    return lo, m_lo if m_lo is not None else measure(result.prefix(lo))
-
-
-__all__ = ["CostLatency", "GreedyResult", "ParamTracker", "RULES", "Step", "back_off",
-           "importance_aware_widths"]
+__all__ = ["CostLatency", "GreedyResult", "ParamTracker", "RULES", "Step", "importance_aware_widths"]

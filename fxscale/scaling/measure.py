@@ -1,9 +1,12 @@
 """Measuring many models interleaved, and the analytic latency model calibrated by end-to-end timings."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,50 @@ def measure_many(target: Any, models: Sequence[Any], shapes: Sequence[Sequence[i
         return []
     timings = measure_interleaved(target, list(zip(models, shapes)), proto)
     return [_stats(target, t, proto) for t in timings]
+
+
+class PlanTimer:
+    """Measured latency ratios of plans to the baseline, each with a tight interval (scaling.backoff's rule).
+
+    build(plan) gives the plan's model; shape(plan) its input shape. On the ort target every plan is exported to
+    ONNX once (kept in a temporary folder for the timer's life), so adding rounds never re-exports.
+    """
+
+    def __init__(self, target: Any, build: Callable[[ScalingPlan], Any], shape: Callable[[ScalingPlan], Sequence[int]],
+                 protocol: MeasureProtocol, halfwidth: float = 0.02, max_rounds: int = 100) -> None:
+        self.target, self.build, self.shape, self.protocol = target, build, shape, protocol
+        self.halfwidth, self.max_rounds = halfwidth, max_rounds
+        self._dir = tempfile.TemporaryDirectory(prefix="fxscale-timer-")
+        self._items: dict[str, Any] = {}
+
+    def item(self, plan: ScalingPlan) -> tuple[Any, Sequence[int]]:
+        """(model or .onnx path, input shape) of a plan, built (and exported) once."""
+        key = ScalingPlan(widths=dict(plan.widths), resolution=plan.resolution, depths=dict(plan.depths)).to_json(
+            indent=None)
+        if key not in self._items:
+            model, shape = self.build(plan), tuple(int(d) for d in self.shape(plan))
+            if getattr(self.target, "name", "") == "ort":
+                from fxscale.hw.targets import _export_for_timing
+                path = Path(self._dir.name) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+                model = _export_for_timing(model, path, shape)
+            self._items[key] = (model, shape)
+        return self._items[key]
+
+    def measure(self, plans: Sequence[ScalingPlan]) -> tuple[list[Any], list[list[float]]]:
+        """MeasuredRatio of every plan to plans[0] (the baseline), all timed interleaved in the same rounds, and
+        every plan's per-round medians (ms)."""
+        from fxscale.scaling.backoff import adaptive_intervals, interleaved_rounds
+        items = [self.item(p) for p in plans]
+        return adaptive_intervals(interleaved_rounds(self.target, items, self.protocol), base=0,
+                                  halfwidth=self.halfwidth, max_rounds=self.max_rounds)
+
+    def ratio(self, plan: ScalingPlan) -> Any:
+        """MeasuredRatio of one plan to the unscaled baseline."""
+        return self.measure([ScalingPlan(), plan])[0][1]
+
+    def close(self) -> None:
+        """Remove the exported files."""
+        self._dir.cleanup()
 
 
 @dataclass
@@ -74,4 +121,4 @@ def fit_analytic(costs: Sequence[tuple[int, int]], measured_ms: Sequence[float],
                            float(np.mean(np.abs(pred - y) / y)) * 100)
 
 
-__all__ = ["AnalyticLatency", "fit_analytic", "measure_many"]
+__all__ = ["AnalyticLatency", "PlanTimer", "fit_analytic", "measure_many"]

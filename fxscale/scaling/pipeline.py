@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import statistics
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from fxscale.hw.latency import LatencyModel
 from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import Budget, Evaluator, bisect_max, scaled_resolution, uniform_widths
 from fxscale.scaling.config import METHOD_NAMES, ScaleConfig, budget_limit
-from fxscale.scaling.greedy import RULES, back_off, importance_aware_widths
+from fxscale.scaling.greedy import RULES, importance_aware_widths
 from fxscale.scaling.importance import Importance, importance
 from fxscale.scaling.powerlaw import (
     POOR_R2,
@@ -115,18 +117,24 @@ class Pipeline:
         """Input (H, W) of a plan's model."""
         return tuple(plan.resolution or self.gm.meta["fxscale"]["resolution"])
 
-    def train_cfg(self, epochs: int, seed: int) -> Any:
-        """Training settings of one run."""
+    def train_cfg(self, epochs: int, seed: int, warm: bool = True) -> Any:
+        """Training settings of one run (with start="trained" and warm: the warm fine-tune recipe of them)."""
         from fxscale.train import TrainConfig
-        return TrainConfig(epochs=epochs, batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=seed,
-                           device=self.cfg.device, schedule="cosine", threads=1)
+        from fxscale.scaling.warm_pipeline import warm_of
+        cfg = TrainConfig(epochs=epochs, batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=seed,
+                          device=self.cfg.device, schedule="cosine", threads=1)
+        w = warm_of(self) if warm else None
+        return w.train_config(cfg) if w is not None else cfg
 
     def train_many(self, plans: list[tuple[str, ScalingPlan, int]], epochs: int) -> list[Any]:
         """Train (tag, plan, seed) jobs through the executor; returns JobOutcomes in order."""
         from fxscale.executor import get_executor
         from fxscale.train import TrainJob, run_job
-        jobs = [TrainJob(self.build(p, seed), self.bundle, self.train_cfg(epochs, seed),
-                         resolution=self.resolution_of(p), tag=tag) for tag, p, seed in plans]
+        from fxscale.scaling.warm_pipeline import warm_of
+        w = warm_of(self)  # start="trained": each plan applied to the trained baseline, then fine-tuned warm
+        jobs = [TrainJob(w.build(p, seed) if w else self.build(p, seed), self.bundle, self.train_cfg(epochs, seed),
+                         resolution=self.resolution_of(p), tag=tag, teacher=w.teacher(p) if w else None)
+                for tag, p, seed in plans]
         kw = {"workers": self.cfg.workers} if self.cfg.executor == "local" else {}
         with get_executor(self.cfg.executor, **kw) as ex:
             if not self.cfg.progress or self.cfg.workers > 1 or self.cfg.executor != "local" or not _tty():
@@ -178,20 +186,38 @@ class Pipeline:
                  f"{model.c_byte * 1e9:.4f} ns/byte; in-sample MAPE {model.mape:.1f}%")
         return model
 
-    def alpha_search(self) -> dict[str, Any]:
-        """Train the compound candidates r = sqrt(s)^a, w = sqrt(s)^(1-a) and keep the best on validation."""
+    def alpha_search(self, lat_model: LatencyModel, budget: Budget) -> dict[str, Any]:
+        """Equal-FLOPs candidates r = sqrt(s)^a, w = sqrt(s)^(1-a), s searched; best on validation (scaling.alpha)."""
         cfg = self.cfg
         alphas = (cfg.alpha,) if cfg.alpha is not None else cfg.alphas
 
         def run() -> dict[str, Any]:
-            plans = [self.compound_plan(a) for a in alphas]
-            if len(alphas) == 1:
-                return {"alpha": alphas[0], "candidates": [{"alpha": alphas[0], "plan": json.loads(plans[0].to_json())}]}
-            outs = self.train_many([(a, p, cfg.seeds[0]) for a, p in zip(alphas, plans)], cfg.search_epochs)
-            cands = [{"alpha": a, "val_acc": o.result.best_val_acc, "plan": json.loads(p.to_json())}
-                     for a, p, o in zip(alphas, plans, outs)]
-            best = max(cands, key=lambda c: c["val_acc"])
-            return {"alpha": best["alpha"], "candidates": cands}
+            from fxscale.scaling.alpha import TIE_RULE, choose, equal_flops_plan, search_s
+            t0 = time.perf_counter()
+            limited = budget.latency_ms is not None or budget.params is not None
+            ev = Evaluator(self.cg, lat_model.predict, mode="input")
+            fits = (lambda p: ev.fits(p, budget)) if cfg.search_s and limited else None
+            s = search_s(self.cg, alphas, cfg.flops_scale, fits, align=cfg.align)
+            plans = [equal_flops_plan(self.cg, a, s, align=cfg.align, tol=cfg.flops_tol) for a in alphas]
+            cands = [{"alpha": a, "plan": json.loads(p.to_json()), **{k: p.meta[k] for k in (
+                "flops_ratio", "flops_error", "within_tol", "width_multiplier")}} for a, p in zip(alphas, plans)]
+            out = {"s": s, "s_max": cfg.flops_scale, "s_searched": fits is not None, "flops_tol": cfg.flops_tol,
+                   "tie_rule": TIE_RULE, "candidates": cands, "alpha": alphas[0], "epochs": 0}
+            if len(alphas) > 1:
+                keys = [_plan_key(p) for p in plans]
+                first = sorted({k: i for i, k in reversed(list(enumerate(keys)))}.values())  # identical plans: once
+                outs = self.train_many([(alphas[i], plans[i], cfg.seeds[0]) for i in first], cfg.search_epochs)
+                val = {keys[i]: o.result.best_val_acc for i, o in zip(first, outs)}
+                for c, k in zip(cands, keys):
+                    c["val_acc"] = val[k]
+                top = max(c["val_acc"] for c in cands)
+                tied = [i for i, c in enumerate(cands) if top - c["val_acc"] <= 1e-9]
+                if len({keys[i] for i in tied}) > 1:  # the documented tie-break: measured latency, then alpha
+                    for i, st in zip(tied, self.measure([plans[i] for i in tied])):
+                        cands[i]["measured_ms"] = st.median
+                out.update(alpha=choose(cands)["alpha"], epochs=len(first) * cfg.search_epochs)
+            out["wall_s"] = time.perf_counter() - t0
+            return out
         return self._stage("alpha", self._key("alpha"), run)
 
     def compound_plan(self, alpha: float) -> ScalingPlan:
@@ -205,6 +231,7 @@ class Pipeline:
     def importance_fit(self, resolution: tuple[int, int]) -> ImportancePredictor:
         """Sample width configurations, train briefly, measure Taylor importance, fit I = a*C^b per group."""
         cfg = self.cfg
+        t0 = time.perf_counter()
         configs = sample_configs(self.cg, cfg.samples, seed=cfg.seeds[0])
         cache = self.out / "cache" / "importance"
         samples: list[Importance] = []
@@ -239,6 +266,8 @@ class Pipeline:
             pred = fit_predictor(samples)
         for w in caught:
             self.log(f"[importance] warning: {w.message}")
+        self.importance_compute = {"epochs": len(configs) * cfg.sample_epochs, "wall_s": time.perf_counter() - t0,
+                                   "cached_samples": len(configs) - len(todo)}
         if pred.poorly_fit():
             self.log(f"[importance] warning: poorly fitted groups (log-space R² < {POOR_R2}): "
                      f"{', '.join(pred.poorly_fit())}")
@@ -254,89 +283,127 @@ class Pipeline:
         limit_params = budget_limit(cfg.memory_budget, base_params, "memory", "memory budget")
         budget = Budget(limit_pred, limit_params)
         ratio = (limit_pred / base_pred) if limit_pred is not None else None
-        alpha = self.alpha_search()
+        alpha = self.alpha_search(lat_model, budget)
         res = tuple(alpha["candidates"][[c["alpha"] for c in alpha["candidates"]].index(alpha["alpha"])]
                     ["plan"]["resolution"] or self.resolution_of(ScalingPlan()))
         pred = self.importance_fit(res)
-        search = self._stage("search", self._key("search", extra=list(res)),
-                             lambda: self._search(lat_model, pred, budget, res, ratio))
-        plans = self._stage("methods", self._key("methods"), lambda: self._method_plans(lat_model, budget, pred))
-        plans["hacscale"] = search["plan"]
-        other = next(r for r in RULES if r != cfg.rule)
-        plans[f"hacscale-{other}"] = search["rules"][other]["plan"]  # the other rule, trained for comparison
-        plans = {"baseline": json.loads(ScalingPlan().to_json()), **plans}
-        # the plans themselves are hashed too: a search rerun after its stage file was deleted may back off
-        # differently (measured), and then the stale trained/measured models must not be reused
-        results = self._stage("train", self._key("train", extra=plans), lambda: self._train_all(plans),
-                              valid=lambda res: weights_problem(self.stages / "weights", res, self.cfg.seeds))
-        meas = self._stage("measure", self._key("measure", extra=plans), lambda: self._measure_all(plans))
-        rows = self._rows(plans, results, meas)
-        if ratio is not None:  # the same measured check for every method (baselines have no back-off of their own)
-            base_ms = rows[0]["latency_ms"]
-            for r in rows:
-                r["within_budget"] = bool(r["latency_ms"] <= ratio * base_ms)
+        timer = self.timer()
+        try:
+            search = self._stage("search", self._key("search", extra=list(res)),
+                                 lambda: self._search(lat_model, pred, budget, res, ratio, timer))
+            methods = self._stage("methods", self._key("methods"),
+                                  lambda: self._method_plans(lat_model, budget, ratio, timer))
+            plans = {"baseline": json.loads(ScalingPlan().to_json()),
+                     **{n: m["plan"] for n, m in methods.items()}, **{n: r["plan"] for n, r in search["rows"].items()}}
+            # the plans themselves are hashed too: a search rerun after its stage file was deleted may back off
+            # differently (measured), and then the stale trained/measured models must not be reused
+            results = self._stage("train", self._key("train", extra=plans), lambda: self._train_all(plans),
+                                  valid=lambda r: weights_problem(self.stages / "weights", r, self.cfg.seeds))
+            meas = self._stage("measure", self._key("measure", extra=plans), lambda: self._measure_all(plans, timer))
+        finally:
+            timer.close()
+        from fxscale.scaling.results import choose_hacscale, comparisons, method_rows
+        rows = method_rows(self, plans, results, meas, search, methods, alpha, ratio)
+        choice = choose_hacscale(rows)
         summary = {"config": asdict(self.cfg), "alpha": alpha, "search": search, "methods": rows,
+                   "hacscale_choice": choice, "comparisons": comparisons(rows, cfg.seeds),
                    "importance": pred.to_dict(), "latency_model": lat_model.to_dict(),
-                   "baseline_predicted_ms": base_pred, "budget": asdict(budget)}
+                   "baseline_predicted_ms": base_pred, "budget": {**asdict(budget), "latency_ratio": ratio},
+                   "conventions": {"flops": "flops = 2 x macs (multiply-accumulates); the paper's Table I 'FLOPs' "
+                                   "column counts MACs", "latency_ratio": "median over interleaved rounds of the "
+                                   "method's round median / the baseline's, with a 95% order-statistic interval",
+                                   "test_top1_ci": "95% percentile bootstrap of the mean over seeds "
+                                   "(fxscale.scaling.stats.mean_ci; nan with one seed)"}}
         from fxscale.scaling.report import write_outputs
-        write_outputs(self, summary, ScalingPlan.from_json(json.dumps(search["plan"])))
+        write_outputs(self, summary, ScalingPlan.from_json(json.dumps(plans[choice["chosen"]])), choice["chosen"])
         return summary
 
+    def timer(self) -> Any:
+        """The PlanTimer every measured acceptance and the final measurement go through."""
+        from fxscale.hw.base import MeasureProtocol
+        from fxscale.scaling.measure import PlanTimer
+        proto = MeasureProtocol(warmup=self.cfg.warmup, runs=self.cfg.runs, statistic="median", rounds=self.cfg.rounds)
+        return PlanTimer(self.target, self.build, lambda p: (1, self.bundle.input_shape[0], *self.resolution_of(p)),
+                         proto, halfwidth=self.cfg.ci_halfwidth, max_rounds=self.cfg.max_rounds)
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """HACScale rows: `hacscale` (cfg.rule, stride, align: the paper's Algorithm 1 by default) and the variants."""
+        cfg = self.cfg
+        rows = {"hacscale": {"rule": cfg.rule, "stride": cfg.stride, "align": cfg.align}}
+        if "align8" in cfg.variants and cfg.align != 8:
+            rows["hacscale-align8"] = {"rule": cfg.rule, "stride": cfg.stride, "align": 8}
+        if "cost" in cfg.variants:
+            other = next(r for r in RULES if r != cfg.rule)
+            rows[f"hacscale-{other}"] = {"rule": other, "stride": cfg.stride, "align": cfg.align}
+        return rows
+
     def _search(self, lat_model: LatencyModel, pred: ImportancePredictor, budget: Budget, res: tuple[int, int],
-                ratio: Optional[float]) -> dict[str, Any]:
+                ratio: Optional[float], timer: Any) -> dict[str, Any]:
+        from fxscale.scaling.backoff import BackOff, back_off, dedupe
+        t0 = time.perf_counter()
         start = ScalingPlan(resolution=res)
+        h0, w0 = self.resolution_of(ScalingPlan())
         if budget.latency_ms is not None and lat_model.predict(self.cg, start) > budget.latency_ms:
-            h0 = self.resolution_of(ScalingPlan())[0]
             fits = lambda f: lat_model.predict(self.cg, ScalingPlan(resolution=scaled_resolution(self.cg, f))) \
                 <= budget.latency_ms  # noqa: E731
             f = bisect_max(fits, 1.0, res[0] / h0, steps=12)
             self.log(f"[search] resolution {res} alone breaks the latency budget; starting at "
                      f"{scaled_resolution(self.cg, f)} instead")
             start = ScalingPlan(resolution=scaled_resolution(self.cg, f))
-        out: dict[str, Any] = {"start": json.loads(start.to_json()), "rules": {}}
-        base = self.measure([ScalingPlan()])[0].median if ratio is not None else None
-        for rule in RULES:  # both rules run and are measured; the chosen one is "hacscale"
+        sh, sw = start.resolution
+        ramp = [ScalingPlan(resolution=(h0 + k, w0 + round(k * (sw - w0) / max(1, sh - h0))))
+                for k in range(1, sh - h0)]  # the resolution knob, below the start, for the back-off
+        out: dict[str, Any] = {"start": json.loads(start.to_json()), "rows": {}, "setup_wall_s": 0.0}
+        out["setup_wall_s"] = time.perf_counter() - t0
+        for name, v in self.variants().items():
+            t1 = time.perf_counter()
             r = importance_aware_widths(self.cg, pred, lat_model.bind(self.cg, start), budget, start=start,
-                                        stride=self.cfg.stride, rule=rule, align=self.cfg.align)
+                                        stride=v["stride"], rule=v["rule"], align=v["align"])
             gain = sum(pred(g, w) * (w - self.cg[g].width) for g, w in r.plan.widths.items())
-            k, measured_ratio = self._back_off(r, ratio, base)
-            plan = r.prefix(k)
-            plan.meta.pop("start_widths", None)
-            out["rules"][rule] = {"plan": json.loads(plan.to_json()), "steps": len(r.steps), "stopped": r.stopped,
-                                  "predicted_ms": r.latency_ms, "params": r.params, "importance_added": gain,
-                                  "steps_kept": k, "measured_ratio": measured_ratio}
-        out.update({k: out["rules"][self.cfg.rule][k] for k in ("plan", "steps_kept", "measured_ratio")})
+            ladder = dedupe([ScalingPlan(), *ramp, *(r.prefix(k) for k in range(len(r.steps) + 1))])
+            bo = back_off(ladder, timer.ratio, ratio) if ratio is not None else BackOff(len(ladder) - 1, None)
+            plan = ladder[bo.index]
+            plan.meta = {"method": name, **v, "steps": plan.meta.get("steps", 0)}
+            if bo.index < len(ladder) - 1:
+                self.log(f"[search] {name}: measured latency over budget, backed off from {len(ladder) - 1} to "
+                         f"{bo.index} of its resolution and width steps")
+            out["rows"][name] = {"plan": json.loads(plan.to_json()), **v, "steps": len(r.steps), "stopped": r.stopped,
+                                 "predicted_ms": r.latency_ms, "params": r.params, "importance_added": gain,
+                                 "steps_kept": plan.meta["steps"], "backoff": bo.to_dict(len(ladder)),
+                                 "wall_s": time.perf_counter() - t1}
+        main = out["rows"]["hacscale"]
+        out.update(plan=main["plan"], steps_kept=main["steps_kept"],
+                   measured_ratio=(main["backoff"]["measured"] or {}).get("ratio"))
         return out
 
-    def _back_off(self, r: Any, ratio: Optional[float], base: Optional[float]) -> tuple[int, Optional[float]]:
-        """Steps of a greedy result kept after measuring against the baseline (interleaved)."""
-        if ratio is None or base is None:
-            return len(r.steps), None
-
-        def measure(plan: ScalingPlan) -> float:
-            a, b = self.measure([ScalingPlan(), plan])
-            return b.median / a.median * base
-        k, m = back_off(r, measure, ratio * base)
-        if k < len(r.steps):
-            self.log(f"[search] {r.plan.meta['rule']} rule: measured latency over budget, backed off from "
-                     f"{len(r.steps)} to {k} steps")
-        return k, m / base
-
-    def _method_plans(self, lat_model: LatencyModel, budget: Budget, pred: ImportancePredictor) -> dict[str, Any]:
+    def _method_plans(self, lat_model: LatencyModel, budget: Budget, ratio: Optional[float],
+                      timer: Any) -> dict[str, Any]:
         if not self.cfg.methods:
             return {}
-        from fxscale.scaling.baselines import get_baseline
+        from fxscale.scaling.backoff import back_off
+        from fxscale.scaling.baselines import TABLE, get_baseline, knob_ladder
         ev = Evaluator(self.cg, lat_model.predict, mode="input")
         out = {}
         for name in self.cfg.methods:
+            t0 = time.perf_counter()
+            kw = dict(flops_scale=None if budget.latency_ms else self.cfg.flops_scale, align=self.cfg.baseline_align,
+                      importance=getattr(self, "base_importance", None))
             try:
-                plan = get_baseline(name)(self.cg, ev, budget, flops_scale=None if budget.latency_ms else
-                                          self.cfg.flops_scale, align=self.cfg.align,
-                                          importance=getattr(self, "base_importance", None))
+                plan = get_baseline(name)(self.cg, ev, budget, **kw)
             except FxscaleError as e:
                 self.log(f"[methods] {name}: skipped ({e})")
                 continue
-            out[name] = json.loads(plan.to_json())
+            rec: dict[str, Any] = {"predicted_plan": json.loads(plan.to_json())}
+            if ratio is not None:  # the same measured back-off as HACScale's, over the method's own knob
+                ladder = knob_ladder(TABLE[name], self.cg, ev, budget, plan, **kw)
+                bo = back_off(ladder, timer.ratio, ratio)
+                plan = ladder[bo.index]
+                rec["backoff"] = bo.to_dict(len(ladder))
+                if bo.index < len(ladder) - 1:
+                    self.log(f"[methods] {name}: measured latency over budget, backed off from {len(ladder) - 1} "
+                             f"to {bo.index} of its knob steps")
+            rec.update(plan=json.loads(plan.to_json()), wall_s=time.perf_counter() - t0)
+            out[name] = rec
         return out
 
     def _train_all(self, plans: dict[str, Any]) -> dict[str, Any]:
@@ -355,21 +422,23 @@ class Pipeline:
             save_weights(o.state_dict, wdir / f"{name}_s{seed}.pt")
         return res
 
-    def _measure_all(self, plans: dict[str, Any]) -> dict[str, Any]:
+    def _measure_all(self, plans: dict[str, Any], timer: Any) -> dict[str, Any]:
+        """Every plan timed interleaved in the same rounds (adaptive, until every ratio interval is tight)."""
         names = list(plans)
-        stats = self.measure([ScalingPlan.from_json(json.dumps(plans[n])) for n in names])
-        return {n: {"median": s.median, "mean": s.mean, "p10": s.p10, "p90": s.p90, "device": s.device}
-                for n, s in zip(names, stats)}
+        ratios, rounds = timer.measure([ScalingPlan.from_json(json.dumps(plans[n])) for n in names])
+        device = str(self.target.describe().get("device", self.cfg.target))
+        return {n: {"median": statistics.median(v), "p10": _quantile(v, 0.1), "p90": _quantile(v, 0.9),
+                    "device": device, "ratio": m.to_dict()} for n, m, v in zip(names, ratios, rounds)}
 
-    def _rows(self, plans: dict[str, Any], results: dict[str, Any], meas: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = []
-        for name, p in plans.items():
-            plan = ScalingPlan.from_json(json.dumps(p))
-            c = fxscale.cost(self.cg, plan, mode="input")  # depth plans are costed on the deeper graph
-            r = MethodResult(name, p, c.params, c.flops, meas[name]["median"], meas[name]["p10"], meas[name]["p90"],
-                             results[name]["val_acc"], results[name]["test_acc"])
-            rows.append({**asdict(r), "utilization": r.utilization})
-        return rows
+
+def _plan_key(plan: ScalingPlan) -> str:
+    return ScalingPlan(widths=dict(plan.widths), resolution=plan.resolution, depths=dict(plan.depths)).to_json(
+        indent=None)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    vals = sorted(values)
+    return vals[min(len(vals) - 1, max(0, round(q * (len(vals) - 1))))]
 
 
 def _tty() -> bool:

@@ -20,16 +20,20 @@ import torch
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "input": (("model", "data", "data_kw", "leaf"), ()),  # the traced model and dataset every stage works on
     "timing": (("target", "threads", "runs", "warmup", "rounds", "trtexec"), ()),  # Pipeline.measure
-    "training": (("batch_size", "lr", "seeds", "device"), ()),  # Pipeline.train_cfg (seeds[0] for searches)
+    "training": (("batch_size", "lr", "seeds", "device", "start", "weights", "warm_fraction", "noise", "distill"),
+                 ()),  # Pipeline.train_cfg (seeds[0] for searches); start=trained: every training starts warm
+    "backoff": (("ci_halfwidth", "max_rounds"), ()),  # measured acceptance (scaling.backoff) of every method
     "latency_model": (("profile",), ("input", "timing")),
     "budget": (("latency_budget", "memory_budget"), ("input", "latency_model")),
-    "alpha": (("alphas", "alpha", "flops_scale", "align", "search_epochs"), ("input", "training")),
+    "alpha": (("alphas", "alpha", "flops_scale", "align", "search_epochs", "search_s", "flops_tol"),
+              ("input", "training", "budget")),  # s is searched against the budget
     "importance_sample": (("sample_epochs",), ("input", "training")),  # one sampled width configuration
     "importance": (("samples",), ("importance_sample", "alpha")),  # sampled at the alpha's resolution
-    "search": (("rule", "stride", "align"), ("latency_model", "budget", "alpha", "importance", "timing")),
-    "methods": (("methods", "align", "flops_scale"), ("latency_model", "budget", "importance")),
+    "search": (("rule", "stride", "align", "variants"), ("latency_model", "budget", "alpha", "importance", "timing",
+                                                          "backoff")),
+    "methods": (("methods", "baseline_align", "flops_scale"), ("latency_model", "budget", "importance", "backoff")),
     "train": (("epochs",), ("training", "search", "methods")),
-    "measure": ((), ("timing", "search", "methods")),
+    "measure": ((), ("timing", "search", "methods", "backoff")),
 }
 # how the work runs, not what it computes (static_batch only changes how the final ONNX / model.pt2 are exported)
 UNKEYED = ("workers", "executor", "progress", "max_memory", "static_batch")

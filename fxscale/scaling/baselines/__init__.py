@@ -28,7 +28,8 @@ Methods (``list_baselines()``):
   ``ceil(n * d)`` (their ``round_repeats``).
 - ``dollar``: Dollar et al. fast compound scaling, d * w^2 * r^2 = s with alpha = 0.8: w = s^(alpha/2),
   d = r = s^((1 - alpha)/3), depth ``round(n * d)``.
-- ``neuralscale``: Lee & Lee 2020. Iterative global pruning by per-channel importance, simulated with the cost
+- ``neuralscale-lite``: after Lee & Lee 2020, *not* the published method (which prunes a trained net iteratively
+  with rescoring after fine-tunes and runs architecture-descent iterations). Iterative global pruning by per-channel importance, simulated with the cost
   model (no retraining, so the scores stay fixed), records (total params, per-group widths) at parameter
   fractions 1.0 .. 0.3, fits ``log w_g = log a_g + b_g log P`` per group (least squares) and scales to the
   largest parameter target P whose predicted widths fit (extrapolating above the baseline).
@@ -72,7 +73,7 @@ from fxscale.scaling.baselines.registry import (
     list_baselines,
     register_baseline,
 )
-from fxscale.scaling.baselines.search import BISECT_STEPS, Knob, Search, run_baseline
+from fxscale.scaling.baselines.search import BISECT_STEPS, Knob, Search, knob_ladder, run_baseline
 from fxscale.scaling.baselines.table import (
     DOLLAR_ALPHA,
     EFFICIENTNET_ALPHA,
@@ -108,12 +109,12 @@ resolution = BASELINES["resolution"]
 depth = BASELINES["depth"]
 efficientnet = BASELINES["efficientnet"]
 dollar = BASELINES["dollar"]
-neuralscale = BASELINES["neuralscale"]
+neuralscale_lite = BASELINES["neuralscale-lite"]
 
 __all__ = ["BASELINES", "BISECT_STEPS", "BaselineFn", "DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA",
            "EFFICIENTNET_GAMMA", "Knob", "MAX_DEPTH_ROUNDS", "MAX_PARAMS_RATIO", "MAX_PHI", "MAX_RESOLUTION", "MAX_S",
            "MAX_WIDTH", "NEURALSCALE_FRACTIONS", "Search", "TABLE", "baseline_fn", "compound_plan", "create_baseline",
            "default_channel_scores", "depth", "depth_plan", "dollar", "dollar_factors", "efficientnet", "fit_neuralscale",
-           "get_baseline", "list_baselines", "neuralscale", "neuralscale_plan", "neuralscale_samples",
+           "get_baseline", "knob_ladder", "list_baselines", "neuralscale_lite", "neuralscale_plan", "neuralscale_samples",
            "register_baseline", "repeatable_stages", "resolution", "resolution_plan", "run_baseline", "uniform",
            "uniform_plan"]

@@ -1,4 +1,5 @@
-"""NeuralScale (Lee & Lee 2020) without retraining: simulated global pruning, a per-group power law in params."""
+"""NeuralScale-lite (after Lee & Lee 2020; not the published method): one simulated global pruning with fixed scores, a
+per-group power law in params. No retraining, no rescoring, no architecture-descent iteration."""
 from __future__ import annotations
 
 import math
@@ -46,20 +47,20 @@ def _scores(cg: ChannelGraph, importance: Any) -> tuple[dict[str, torch.Tensor],
         return default_channel_scores(cg), "l1"
     imp = getattr(importance, "channels", importance)
     if not isinstance(imp, Mapping):
-        raise PlanError(f"neuralscale: importance must map group name -> per-channel scores (or have .channels), "
+        raise PlanError(f"neuralscale-lite: importance must map group name -> per-channel scores (or have .channels), "
                         f"got {type(importance).__name__}")
     groups = cg.by_name
     unknown = [k for k in imp if k not in groups]
     if unknown:
-        raise PlanError(f"neuralscale: importance names unknown groups {sorted(unknown)}")
+        raise PlanError(f"neuralscale-lite: importance names unknown groups {sorted(unknown)}")
     missing = [g.name for g in cg.scalable if g.name not in imp]
     if missing:
-        raise PlanError(f"neuralscale: importance has no scores for scalable groups {missing}")
+        raise PlanError(f"neuralscale-lite: importance has no scores for scalable groups {missing}")
     out = {}
     for g in cg.scalable:
         v = torch.as_tensor(imp[g.name]).detach().float().reshape(-1)
         if v.numel() != g.width:
-            raise PlanError(f"neuralscale: importance for group {g.name!r} has {v.numel()} entries, width is "
+            raise PlanError(f"neuralscale-lite: importance for group {g.name!r} has {v.numel()} entries, width is "
                             f"{g.width}")
         out[g.name] = v
     return out, "given"
@@ -120,7 +121,7 @@ def fit_neuralscale(samples: list[tuple[int, dict[str, int]]]) -> dict[str, tupl
     """Least-squares fit per group of log(width) = log(a) + b log(params): {group: (a, b)}, b clipped at >= 0."""
     ps = sorted({p for p, _ in samples})
     if len(ps) < 2:
-        raise PlanError("neuralscale: pruning gave fewer than two distinct parameter counts; cannot fit the "
+        raise PlanError("neuralscale-lite: pruning gave fewer than two distinct parameter counts; cannot fit the "
                         "width-vs-params power law")
     logp = np.log(np.array([p for p, _ in samples], dtype=float))
     x = np.stack([logp, np.ones_like(logp)], axis=1)
@@ -149,7 +150,7 @@ def neuralscale_knob(cg: ChannelGraph, lim: Any, align: int, importance: Optiona
     None uses default_channel_scores (weight magnitudes). The search starts at the smallest sampled fraction.
     """
     if not cg.scalable:
-        raise PlanError("neuralscale: the model has no scalable channel group")
+        raise PlanError("neuralscale-lite: the model has no scalable channel group")
     scores, source = _scores(cg, importance)
     samples = neuralscale_samples(cg, scores, mode=lim.mode)
     fit = fit_neuralscale(samples)

@@ -194,4 +194,38 @@ def run_baseline(row: Knob, cg: ChannelGraph, evaluator: Evaluator, budget: Opti
     return lim.finish(plan, meta, capped)
 
 
-__all__ = ["BISECT_STEPS", "ROUNDED_START", "Knob", "Search", "Setup", "achieved", "run_baseline"]
+def knob_ladder(row: Knob, cg: ChannelGraph, evaluator: Evaluator, budget: Optional[Budget], plan: ScalingPlan, *,
+                flops_scale: Optional[float] = None, align: int = 1,
+                importance: Optional[Mapping[str, torch.Tensor]] = None, points: int = 12) -> list[ScalingPlan]:
+    """The row's plans from the unscaled model up to `plan` (run_baseline's choice), for the measured back-off.
+
+    Index 0 is the baseline itself; then the knob at `points` evenly spaced values from its start to the chosen
+    value (every integer for an integer knob), consecutive duplicates removed; the last entry is `plan` itself.
+    """
+    from fxscale.scaling.backoff import dedupe
+    lim = _Limits(cg, evaluator, budget, flops_scale, row.name)
+    s = row.setup(cg, lim, align, importance)
+    lo = max(row.lo, row.lo if s.lo is None else s.lo)  # never below the unscaled model (NeuralScale's fit starts lower)
+    x = plan.meta.get(row.knob, lo)
+    if row.integer:
+        values: list[Any] = list(range(int(lo), int(x) + 1))
+    else:
+        values = [lo + (x - lo) * i / (points - 1) for i in range(points)] if x > lo else [lo]
+    base_res = tuple(cg.gm.meta["fxscale"]["resolution"])
+    base_widths = {g.name: g.width for g in cg.scalable}
+    plans = [ScalingPlan()]
+    for v in values[:-1]:
+        p = s.make(v)
+        if p.resolution is not None and tuple(p.resolution) == base_res:
+            p = ScalingPlan(widths=dict(p.widths), depths=dict(p.depths))
+        if all(base_widths.get(k) == w for k, w in p.widths.items()):
+            p = ScalingPlan(resolution=p.resolution, depths=dict(p.depths))
+        p.meta = {"method": row.name, "knob": row.knob, row.knob: v}
+        plans.append(p)
+    rest = dedupe(plans[1:] + [plan])
+    while len(rest) > 1 and _key(rest[0]) == _key(ScalingPlan()):  # rungs equal to the baseline: measured as it
+        rest.pop(0)
+    return [ScalingPlan(), *rest]
+
+
+__all__ = ["BISECT_STEPS", "ROUNDED_START", "Knob", "Search", "Setup", "achieved", "knob_ladder", "run_baseline"]

@@ -92,10 +92,11 @@ TABLE: dict[str, Knob] = {row.name: row for row in [
          start=ROUNDED_START,
          doc="Dollar et al. fast compound scaling: d = s^((1-alpha)/2), w = s^(alpha/2), r = s^((1-alpha)/4), "
              "alpha = 0.8; largest s."),
-    Knob("neuralscale", "params_ratio", 1.0, MAX_PARAMS_RATIO, 2.0, neuralscale_knob,  # lo, first: from the fit
+    Knob("neuralscale-lite", "params_ratio", 1.0, MAX_PARAMS_RATIO, 2.0, neuralscale_knob,  # lo, first: from the fit
          start=SMALLEST_START,
-         doc="Lee & Lee 2020: widths from a params power law fitted to simulated pruning; largest params target "
-             "that fits.\n\nimportance: group name -> per-channel scores (fxscale.scaling.importance.Importance "
+         doc="NeuralScale-lite (after Lee & Lee 2020): widths from a params power law fitted to one simulated "
+             "global pruning with fixed scores (no retraining, no rescoring, no architecture-descent iteration, unlike "
+             "the published method); largest params target that fits.\n\nimportance: group name -> per-channel scores (fxscale.scaling.importance.Importance "
              "or its .channels); None uses default_channel_scores (weight magnitudes)."),
 ]}
 
