@@ -11,6 +11,7 @@ may not add, remove or change anything in it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,7 @@ FAULTS = Path(__file__).resolve().parent / "faults"
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAS_CUDA = torch.cuda.is_available()
+HAS_RAY = importlib.util.find_spec("ray") is not None
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,10 @@ CASES = [
     C("scale-device-unknown", "scale --device gpu --out {w}/o",
       r"--device 'gpu' is not a training device; use one of cpu, cuda, auto"),
     C("scale-executor-ray-not-installed", "scale --executor ray --out {w}/o",
-      r"--executor ray needs the optional package ray, which is not installed: pip install 'fxscale\[ray\]'"),
+      r"--executor ray needs the optional package ray, which is not installed: pip install 'fxscale\[ray\]'",
+      skip="ray is installed" if HAS_RAY else None),
+    C("scale-ray-address-unreachable", "scale --executor ray --ray-address 127.0.0.1:9 --out {w}/o",
+      r"127.0.0.1:9", skip=None if HAS_RAY else "ray is not installed"),
     C("scale-executor-unknown", "scale --executor dask --out {w}/o", r"--executor 'dask' is not an executor"),
     C("scale-workers-zero", "scale --workers 0 --out {w}/o", r"--workers must be >= 1 \(parallel training processes\), got 0"),
     C("scale-workers-text", "scale --workers many --out {w}/o", r"argument --workers: not an integer: 'many'"),

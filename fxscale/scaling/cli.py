@@ -56,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        align=args.align, methods=_names(args.methods) if args.methods is not None else d.methods,
                        seeds=tuple(range(max(args.seeds, 0))), lr=args.lr, batch_size=args.batch_size,
                        runs=args.runs, warmup=args.warmup, workers=args.workers, executor=args.executor,
+                       ray_address=args.ray_address,
                        profile=args.profile, device=args.device, progress=not getattr(args, "quiet", False),
                        leaf=tuple(args.leaf) if args.leaf else None, trtexec=args.trtexec,
                        max_memory=args.max_memory, static_batch=args.static_batch,
@@ -154,6 +155,9 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=_int, default=d.warmup, help="warm-up runs per model (>= 0)")
     p.add_argument("--workers", type=_int, default=d.workers, help="parallel training processes (>= 1)")
     p.add_argument("--executor", default=d.executor, help="local, or ray (needs pip install 'fxscale[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: a running cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a "
+                        "local Ray runtime)")
     p.add_argument("--profile", default=None, help="device profile JSON from `fxscale profile` (default: "
                    "calibrate an analytic latency model here)")
     p.add_argument("--device", default=d.device, help="training device: cpu, cuda, auto")

@@ -61,6 +61,7 @@ class ScaleConfig:
     rounds: int = 5
     workers: int = 1
     executor: str = "local"
+    ray_address: Optional[str] = None  # executor "ray": a running cluster (host:port, auto); None: RAY_ADDRESS or a local Ray
     profile: Optional[str] = None  # a device profile JSON (fxscale profile); None: analytic model calibrated here
     device: str = "cpu"
     progress: bool = True
@@ -114,6 +115,9 @@ class ScaleConfig:
         parse_budget_text(self.memory_budget, "memory", lab("memory_budget"))
         check_train_device(self.device, lab("device"))
         check_executor(self.executor, self.workers, lab("executor"), lab("workers"))
+        if self.executor == "ray":
+            from fxscale.executor import check_ray_address, ray_address
+            check_ray_address(ray_address(self.ray_address))
         check_target(self.target, lab("target"))
         check_dataset(self.data, lab("data"))
         if self.target == "trtexec":

@@ -135,7 +135,8 @@ class Pipeline:
         jobs = [TrainJob(w.build(p, seed) if w else self.build(p, seed), self.bundle, self.train_cfg(epochs, seed),
                          resolution=self.resolution_of(p), tag=tag, teacher=w.teacher(p) if w else None)
                 for tag, p, seed in plans]
-        kw = {"workers": self.cfg.workers} if self.cfg.executor == "local" else {}
+        kw = ({"workers": self.cfg.workers} if self.cfg.executor == "local" else
+              {"address": self.cfg.ray_address} if self.cfg.executor == "ray" else {})
         with get_executor(self.cfg.executor, **kw) as ex:
             if not self.cfg.progress or self.cfg.workers > 1 or self.cfg.executor != "local" or not _tty():
                 return ex.map(run_job, jobs)

@@ -36,7 +36,7 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "measure": ((), ("timing", "search", "methods", "backoff")),
 }
 # how the work runs, not what it computes (static_batch only changes how the final ONNX / model.pt2 are exported)
-UNKEYED = ("workers", "executor", "progress", "max_memory", "static_batch")
+UNKEYED = ("workers", "executor", "ray_address", "progress", "max_memory", "static_batch")
 
 
 def stage_keys(cfg: Any) -> dict[str, str]:
