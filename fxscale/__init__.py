@@ -22,11 +22,11 @@ def __getattr__(name: str):
             "evaluate": "fxscale.train", "get_executor": "fxscale.executor", "zoo": "fxscale.zoo",
             "scale": "fxscale.scaling.pipeline", "ScaleConfig": "fxscale.scaling.pipeline",
             "importance": "fxscale.scaling.importance", "Importance": "fxscale.scaling.importance",
-            "load": "fxscale.artifacts"}
+            "load": "fxscale.artifacts", "optimize": "fxscale.optimize"}
     if name in lazy:
         import importlib
         mod = importlib.import_module(lazy[name])
-        return mod if name == "zoo" else getattr(mod, name)
+        return mod if name in ("zoo", "optimize") else getattr(mod, name)
     raise AttributeError(f"module 'fxscale' has no attribute {name!r}")
 
 

@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_jetson_bundle(sub)
     from fxscale.scaling.cli import add_scale_command
     add_scale_command(sub)
+    from fxscale.optimize.cli import add_optimize_command
+    add_optimize_command(sub)
     for p in sub.choices.values():
         _add_common(p)
     return parser

@@ -22,6 +22,14 @@ class InfeasibleBudget(PlanError):
     """No assembly of candidates meets a latency (or params) budget; names the budget and the minimum achievable."""
 
 
+class CandidateError(PlanError):
+    """A HANT candidate spec is unknown, malformed, or illegal at a site's shapes (names the spec and the site)."""
+
+
+class BackendError(FxscaleError):
+    """An inference backend cannot be created, is not installed, or cannot compile a partition."""
+
+
 class VerificationError(FxscaleError):
     """A transformed graph failed verification (names the node and module)."""
 
@@ -46,5 +54,5 @@ class ReportError(FxscaleError):
     """Results, costs or accuracy files for a report are missing or malformed (names the file or entry)."""
 
 
-__all__ = ["ExportError", "FxscaleError", "InfeasibleBudget", "LoweringError", "PlanError", "ProfileError",
+__all__ = ["BackendError", "CandidateError", "ExportError", "FxscaleError", "InfeasibleBudget", "LoweringError", "PlanError", "ProfileError",
            "ReportError", "TargetError", "TraceError", "VerificationError"]

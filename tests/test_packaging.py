@@ -137,8 +137,37 @@ def _bench_message(capsys) -> str:
     return err
 
 
+def _backend_message(name: str) -> object:
+    def message(capsys) -> str:
+        import torch
+        from torch import nn
+
+        from fxscale.optimize.backends import create_backend
+        gm = torch.fx.symbolic_trace(nn.Linear(4, 2))
+        be = create_backend(name)
+        assert not be.available() and not be.supports(gm, (torch.randn(1, 4),))
+        with pytest.raises(FxscaleError) as exc:
+            be.compile(gm, (torch.randn(1, 4),))
+        return str(exc.value)
+    return message
+
+
+def _onnxslim_message(capsys) -> str:
+    from fxscale.optimize.onnxsimplify import simplify_onnx
+    with pytest.raises(FxscaleError) as exc:
+        simplify_onnx("in.onnx", "out.onnx")
+    return str(exc.value)
+
+
 # extra -> (the module it brings, what fails without it and returns the message, what the message must say)
 EXTRA_GUARDS = {
+    "openvino": ("openvino", _backend_message("openvino"),
+                 r"needs the optional dependency openvino: pip install 'fxscale\[openvino\]'"),
+    "tvm": ("tvm", _backend_message("tvm"), r"needs the optional dependency tvm: pip install 'fxscale\[tvm\]'"),
+    "tensorrt": ("tensorrt", _backend_message("tensorrt"),
+                 r"optional dependency tensorrt: pip install 'fxscale\[tensorrt\]'"),
+    "onnxslim": ("onnxslim", _onnxslim_message,
+                 r"needs (the optional dependency )?onnxslim: pip install ('fxscale\[onnxslim\]'|onnxslim)"),
     "ray": ("ray", _ray_message, r"needs the optional dependency ray: pip install 'fxscale\[ray\]'"),
     "timm": ("timm", _timm_message, r"needs? the optional dependency timm: pip install 'fxscale\[timm\]'"),
     "bench": ("torch_pruning", _bench_message, r"torch_pruning is not installed \(pip install -e '\.\[bench\]'\)"),
