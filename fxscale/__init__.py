@@ -22,7 +22,8 @@ def __getattr__(name: str):
             "evaluate": "fxscale.train", "get_executor": "fxscale.executor", "zoo": "fxscale.zoo",
             "scale": "fxscale.scaling.pipeline", "ScaleConfig": "fxscale.scaling.pipeline",
             "importance": "fxscale.scaling.importance", "Importance": "fxscale.scaling.importance",
-            "load": "fxscale.artifacts", "optimize": "fxscale.optimize"}
+            "load": "fxscale.artifacts", "optimize": "fxscale.optimize",
+            "accelerate": "fxscale.hant.api"}
     if name in lazy:
         import importlib
         mod = importlib.import_module(lazy[name])

@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_scale_command(sub)
     from fxscale.optimize.cli import add_optimize_command
     add_optimize_command(sub)
+    from fxscale.hant.cli import add_accelerate_command
+    add_accelerate_command(sub)
     for p in sub.choices.values():
         _add_common(p)
     return parser

@@ -1,0 +1,91 @@
+"""The latency table: every (site, candidate) timed on the target at the site's input shape, plus L_fixed.
+
+Everything goes through the one timing engine (`fxscale.hw.timing.measure_interleaved`, interleaved rounds, the
+empty call subtracted). The whole teacher is timed in the same session as its sites, so
+``L_fixed = L(teacher) - sum(L(teacher site))`` is the part of the network no site covers (stem glue, pooling, the
+head, call overhead); an assembly is predicted as ``L_fixed + sum(L(chosen candidate))``. `check_additivity`
+times random assemblies and reports how far that prediction is from their measured latency.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch.fx as fx
+from torch import nn
+
+from fxscale.hant.sites import Site
+
+
+def protocol(target: Any, runs: int = 20, warmup: int = 5, rounds: int = 5) -> Any:
+    """The timing protocol of the table: batch 1, median, alternating rounds, empty call subtracted."""
+    from fxscale.hw.base import TimingProtocol
+    from fxscale.hw.timing import resolve_clock
+    return TimingProtocol(warmup=warmup, runs=runs, batch=1, statistic="median", rounds=rounds,
+                          order="alternating", subtract_overhead=True, clock=resolve_clock(target, "auto"))
+
+
+@dataclass
+class LatencyTable:
+    """ms per (site, spec), the teacher's whole latency and L_fixed (all measured in one session)."""
+
+    table: dict[str, dict[str, float]]
+    teacher_ms: float
+    fixed_ms: float
+    additivity: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, choice: Mapping[str, str]) -> float:
+        """L_fixed + the chosen candidates' latencies (sites not in `choice` keep the teacher)."""
+        return self.fixed_ms + sum(self.table[s].get(choice.get(s, "teacher"), 0.0) for s in self.table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "teacher_ms": self.teacher_ms, "fixed_ms": self.fixed_ms,
+                "additivity": self.additivity}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyTable":
+        return cls({k: dict(v) for k, v in d["table"].items()}, float(d["teacher_ms"]), float(d["fixed_ms"]),
+                   dict(d.get("additivity") or {}))
+
+
+def measure_table(target: Any, teacher: nn.Module, input_shape: Sequence[int], sites: Sequence[Site],
+                  modules: Mapping[str, Mapping[str, nn.Module]], proto: Any,
+                  progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
+    """Time the teacher and every (site, spec) module in one interleaved session; L_fixed from the teacher's sites."""
+    from fxscale.hw.timing import measure_interleaved
+    items: list[tuple[Any, Sequence[int]]] = [(teacher, tuple(input_shape))]
+    keys: list[tuple[str, str]] = []
+    for site in sites:
+        for spec, module in modules[site.name].items():
+            items.append((module, (1, *site.in_shape[1:])))
+            keys.append((site.name, spec))
+    timings = measure_interleaved(target, items, proto, progress=progress)
+    table: dict[str, dict[str, float]] = {s.name: {} for s in sites}
+    for (site, spec), t in zip(keys, timings[1:]):
+        table[site][spec] = float(t.value)
+    teacher_ms = float(timings[0].value)
+    fixed = teacher_ms - sum(table[s.name]["teacher"] for s in sites)
+    return LatencyTable(table, teacher_ms, fixed)
+
+
+def check_additivity(target: Any, assemble_fn: Callable[[Mapping[str, str]], fx.GraphModule],
+                     table: LatencyTable, input_shape: Sequence[int], proto: Any, n: int = 3,
+                     seed: int = 0) -> dict[str, Any]:
+    """Time `n` random assemblies and compare with the table's prediction: mean and max relative error."""
+    from fxscale.hw.timing import measure_interleaved
+    rng = random.Random(seed)
+    choices = [{s: rng.choice(sorted(specs)) for s, specs in table.table.items()} for _ in range(n)]
+    timings = measure_interleaved(target, [(assemble_fn(c), tuple(input_shape)) for c in choices], proto)
+    rows = []
+    for c, t in zip(choices, timings):
+        pred = table.predict(c)
+        rows.append({"predicted_ms": pred, "measured_ms": float(t.value),
+                     "rel_error": (pred - t.value) / t.value if t.value > 0 else float("nan")})
+    errs = [abs(r["rel_error"]) for r in rows]
+    return {"n": n, "mean_abs_rel_error": statistics.fmean(errs) if errs else float("nan"),
+            "max_abs_rel_error": max(errs) if errs else float("nan"), "assemblies": rows}
+
+
+__all__ = ["LatencyTable", "check_additivity", "measure_table", "protocol"]
