@@ -146,3 +146,35 @@ def test_api_is_callable_as_fxscale_optimize_and_applies_the_scaling_plan_first(
     assert sum(p.numel() for p in res.optimized.parameters()) > sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(res.hybrid(x), wide(x), rtol=1e-4, atol=1e-5)
+
+
+def test_hybrid_target_times_a_rescaled_model_under_the_plan(optimized):
+    """get_target("hybrid", plan=OUT) builds each model's hybrid with the plan's backends and times it."""
+    from fxscale.hw.targets import get_target
+    from fxscale.hw.timing import measure_interleaved
+    from fxscale.hw.base import TimingProtocol
+    out, _ = optimized
+    target = get_target("hybrid", plan=str(out))
+    model = digits_resnet().eval()
+    gm = fxscale.trace(model, torch.randn(1, 1, 8, 8))
+    wide = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: g.width * 2 for g in fxscale.analyze(gm).scalable}))
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        hybrid = target.build(wide, x)
+        torch.testing.assert_close(hybrid(x), wide(x), rtol=1e-4, atol=1e-5)
+    (t,) = measure_interleaved(target, [(wide, (1, 1, 8, 8))], TimingProtocol(runs=3, warmup=1, rounds=2))
+    assert t.value > 0
+    assert target.describe()["runtime"] == "hybrid"
+
+
+def test_scale_config_ties_target_hybrid_to_an_inference_plan(optimized, tmp_path):
+    from fxscale.errors import FxscaleError
+    from fxscale.scaling.config import ScaleConfig
+    out, _ = optimized
+    ScaleConfig(target="hybrid", inference_plan=str(out)).validate()
+    with pytest.raises(FxscaleError, match="inference_plan and target hybrid go together"):
+        ScaleConfig(target="hybrid").validate()
+    with pytest.raises(FxscaleError, match="inference_plan and target hybrid go together"):
+        ScaleConfig(target="ort", inference_plan=str(out)).validate()
+    with pytest.raises(FxscaleError, match="cannot read inference plan"):
+        ScaleConfig(target="hybrid", inference_plan=str(tmp_path / "none.json")).validate()

@@ -314,9 +314,15 @@ def _tensorrt_target(**kwargs: Any) -> Target:
     return TensorRTTarget(**kwargs)
 
 
+def _hybrid_target(**kwargs: Any) -> Target:
+    """The model under an `fxscale optimize` inference plan (fxscale.optimize.target), imported lazily."""
+    from fxscale.optimize.target import HybridTarget
+    return HybridTarget(**kwargs)
+
+
 TargetFactory = Callable[..., Target]
 BUILTIN_TARGETS: Mapping[str, TargetFactory] = MappingProxyType(
-    {"ort": OrtCpuTarget, "torch": TorchTarget, "trtexec": _tensorrt_target})
+    {"ort": OrtCpuTarget, "torch": TorchTarget, "trtexec": _tensorrt_target, "hybrid": _hybrid_target})
 
 
 class TargetRegistry:

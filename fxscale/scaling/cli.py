@@ -56,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        align=args.align, methods=_names(args.methods) if args.methods is not None else d.methods,
                        seeds=tuple(range(max(args.seeds, 0))), lr=args.lr, batch_size=args.batch_size,
                        runs=args.runs, warmup=args.warmup, workers=args.workers, executor=args.executor,
-                       ray_address=args.ray_address,
+                       ray_address=args.ray_address, inference_plan=args.inference_plan,
                        profile=args.profile, device=args.device, progress=not getattr(args, "quiet", False),
                        leaf=tuple(args.leaf) if args.leaf else None, trtexec=args.trtexec,
                        max_memory=args.max_memory, static_batch=args.static_batch,
@@ -107,7 +107,7 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
                    "imagefolder")
     p.add_argument("--data-kw", type=json_object, default=None,
                    help='dataset options as a JSON object, e.g. \'{"train_fraction": 0.25}\'')
-    p.add_argument("--target", default=d.target, help="latency target: ort, torch, trtexec")
+    p.add_argument("--target", default=d.target, help="latency target: ort, torch, trtexec, hybrid (with --inference-plan)")
     p.add_argument("--trtexec", default=None, help="trtexec binary for --target trtexec (default: trtexec on PATH)")
     p.add_argument("--threads", type=_int, default=d.threads, help="intra-op threads of the timed runtime (>= 1)")
     p.add_argument("--latency-budget", default=d.latency_budget,
@@ -155,6 +155,9 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=_int, default=d.warmup, help="warm-up runs per model (>= 0)")
     p.add_argument("--workers", type=_int, default=d.workers, help="parallel training processes (>= 1)")
     p.add_argument("--executor", default=d.executor, help="local, or ray (needs pip install 'fxscale[ray]')")
+    p.add_argument("--inference-plan", default=None, metavar="PATH",
+                   help="with --target hybrid: time every model under this `fxscale optimize` inference plan "
+                        "(its output folder or inference_plan.json), so the budget refers to what ships")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="with --executor ray: a running cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a "
                         "local Ray runtime)")

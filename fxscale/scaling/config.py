@@ -21,7 +21,8 @@ from fxscale.cli_checks import (
 from fxscale.errors import PlanError
 from fxscale.scaling.greedy import RULES
 
-METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale-lite")
+METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale-lite", "uniform@hacres",
+                "random@hacres")  # the @hacres rows: the allocation ablation at HACScale's resolution
 VARIANTS = ("align8", "cost")  # extra HACScale rows beside the paper's: aligned widths, the cost-aware rule
 
 
@@ -61,6 +62,7 @@ class ScaleConfig:
     rounds: int = 5
     workers: int = 1
     executor: str = "local"
+    inference_plan: Optional[str] = None  # target "hybrid": an `fxscale optimize` output folder or its plan JSON
     ray_address: Optional[str] = None  # executor "ray": a running cluster (host:port, auto); None: RAY_ADDRESS or a local Ray
     profile: Optional[str] = None  # a device profile JSON (fxscale profile); None: analytic model calibrated here
     device: str = "cpu"
@@ -119,6 +121,12 @@ class ScaleConfig:
             from fxscale.executor import check_ray_address, ray_address
             check_ray_address(ray_address(self.ray_address))
         check_target(self.target, lab("target"))
+        if (self.target == "hybrid") != (self.inference_plan is not None):
+            raise PlanError(f"{lab('inference_plan')} and {lab('target')} hybrid go together: the hybrid target "
+                            "times each model under an `fxscale optimize` inference plan")
+        if self.inference_plan is not None:
+            from fxscale.optimize.plan import read_plan
+            read_plan(self.inference_plan)
         check_dataset(self.data, lab("data"))
         if self.target == "trtexec":
             check_trtexec(self.trtexec or "trtexec", lab("trtexec"))

@@ -80,6 +80,7 @@ class Pipeline:
         from fxscale.hw.targets import get_target
         self.bundle = get_dataset(cfg.data, **cfg.data_kw)
         opts = {"threads": cfg.threads} if cfg.target in ("ort", "torch") else \
+            {"threads": cfg.threads, "plan": cfg.inference_plan} if cfg.target == "hybrid" else \
             {"trtexec": cfg.trtexec} if cfg.target == "trtexec" and cfg.trtexec else {}
         self.target = get_target(cfg.target, **opts)
         from fxscale.scaling.inputs import input_model
@@ -292,8 +293,8 @@ class Pipeline:
         try:
             search = self._stage("search", self._key("search", extra=list(res)),
                                  lambda: self._search(lat_model, pred, budget, res, ratio, timer))
-            methods = self._stage("methods", self._key("methods"),
-                                  lambda: self._method_plans(lat_model, budget, ratio, timer))
+            methods = self._stage("methods", self._key("methods", extra=self._ablation_key(search)),
+                                  lambda: self._method_plans(lat_model, budget, ratio, timer, search))
             plans = {"baseline": json.loads(ScalingPlan().to_json()),
                      **{n: m["plan"] for n, m in methods.items()}, **{n: r["plan"] for n, r in search["rows"].items()}}
             # the plans themselves are hashed too: a search rerun after its stage file was deleted may back off
@@ -307,6 +308,7 @@ class Pipeline:
         rows = method_rows(self, plans, results, meas, search, methods, alpha, ratio)
         choice = choose_hacscale(rows)
         summary = {"config": asdict(self.cfg), "alpha": alpha, "search": search, "methods": rows,
+                   "method_plans": methods,  # each comparison method's predicted plan and measured back-off
                    "hacscale_choice": choice, "comparisons": comparisons(rows, cfg.seeds),
                    "importance": pred.to_dict(), "latency_model": lat_model.to_dict(),
                    "baseline_predicted_ms": base_pred, "budget": {**asdict(budget), "latency_ratio": ratio},
@@ -377,18 +379,32 @@ class Pipeline:
                    measured_ratio=(main["backoff"]["measured"] or {}).get("ratio"))
         return out
 
+    def _ablation_kw(self, search: dict[str, Any]) -> dict[str, Any]:
+        """What the ablation rows (baselines.ablation) take from HACScale: its final resolution, align, stride, seed."""
+        res = search["rows"]["hacscale"]["plan"]["resolution"] or list(self.resolution_of(ScalingPlan()))
+        return {"resolution": tuple(res), "align": self.cfg.align, "stride": self.cfg.stride, "seed": self.cfg.seeds[0]}
+
+    def _ablation_key(self, search: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The methods stage's extra key: HACScale's plan and settings, when an ablation row is asked for."""
+        from fxscale.scaling.baselines import ABLATIONS
+        if not set(self.cfg.methods) & set(ABLATIONS):
+            return None
+        return {**self._ablation_kw(search), "hacscale": search["rows"]["hacscale"]["plan"]}
+
     def _method_plans(self, lat_model: LatencyModel, budget: Budget, ratio: Optional[float],
-                      timer: Any) -> dict[str, Any]:
+                      timer: Any, search: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         if not self.cfg.methods:
             return {}
         from fxscale.scaling.backoff import back_off
-        from fxscale.scaling.baselines import TABLE, get_baseline, knob_ladder
+        from fxscale.scaling.baselines import ABLATIONS, TABLE, ablation_ladder, get_baseline, knob_ladder
         ev = Evaluator(self.cg, lat_model.predict, mode="input")
         out = {}
         for name in self.cfg.methods:
             t0 = time.perf_counter()
             kw = dict(flops_scale=None if budget.latency_ms else self.cfg.flops_scale, align=self.cfg.baseline_align,
                       importance=getattr(self, "base_importance", None))
+            if name in ABLATIONS:  # HACScale's resolution, align and stride: only the width allocation differs
+                kw.update(self._ablation_kw(search or {}))
             try:
                 plan = get_baseline(name)(self.cg, ev, budget, **kw)
             except FxscaleError as e:
@@ -396,14 +412,15 @@ class Pipeline:
                 continue
             rec: dict[str, Any] = {"predicted_plan": json.loads(plan.to_json())}
             if ratio is not None:  # the same measured back-off as HACScale's, over the method's own knob
-                ladder = knob_ladder(TABLE[name], self.cg, ev, budget, plan, **kw)
+                ladder = ablation_ladder(name, self.cg, ev, budget, plan, **kw) if name in ABLATIONS else \
+                    knob_ladder(TABLE[name], self.cg, ev, budget, plan, **kw)
                 bo = back_off(ladder, timer.ratio, ratio)
                 plan = ladder[bo.index]
                 rec["backoff"] = bo.to_dict(len(ladder))
                 if bo.index < len(ladder) - 1:
                     self.log(f"[methods] {name}: measured latency over budget, backed off from {len(ladder) - 1} "
                              f"to {bo.index} of its knob steps")
-            rec.update(plan=json.loads(plan.to_json()), wall_s=time.perf_counter() - t0)
+            rec.update(plan=json.loads(plan.to_json()), align=kw["align"], wall_s=time.perf_counter() - t0)
             out[name] = rec
         return out
 
