@@ -13,14 +13,16 @@ in a second subprocess (TP needs >20 GB on swin_t), reported as fxscale/TP ratio
 
     python benchmarks/zoo_coverage.py --models slice --small --csv out/zoo.csv
 
-With ``--zoo timm`` the sweep runs over TIMM_MODELS (timm architecture families, <= 30M parameters, random init,
-64 px inputs except TIMM_INPUT; ``--models`` may name a subset) with stages build -> trace -> analyze -> widen
-(every scalable group grown x1..x2, or x2 where LayerNorm/GroupNorm/attention spans channels; init="preserve",
-checked exact in float64: max|diff| <= 1e-5 * max|output|) -> narrow (x0.5..x1, init="prune") -> resolution (the widened
-widths at x1.5 resolution) -> onnx (that model, opset 17), and prints the pass count and the median scalable
-width fraction (channels in scalable groups / channels in all groups):
+With ``--zoo timm`` the sweep runs over zoo_timm.TIMM_MODELS (one representative per timm architecture family,
+<= 30M parameters, random init; the family table, size table and exclusion list with reasons are in
+benchmarks/zoo_timm.py, whose docstring defines the stages, the ``ok-refused`` status and the ``unsound``,
+``cost_rel_diff`` and Torch-Pruning columns; ``--models`` may name a subset). It prints the pass count, the median
+scalable width fraction, the unsound-group total and, with --tp, Torch-Pruning's pass count on the same list:
 
-    python benchmarks/zoo_coverage.py --zoo timm --csv benchmarks/results/zoo_coverage_timm.csv
+    python benchmarks/zoo_coverage.py --zoo timm --tp --jobs 4 --timeout 600 \
+        --csv benchmarks/results/zoo_coverage_timm.csv --md benchmarks/results/zoo_coverage_timm.md
+
+(``--jobs`` runs that many model subprocesses at once; the CSV is rewritten after every model.)
 """
 from __future__ import annotations
 
@@ -39,14 +41,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo_timm import TIMM_MODELS, run_fxscale_timm, run_torch_pruning_timm  # noqa: E402
+
 RESULT_TAG = "ZOO_RESULT "
+PASS = ("ok", "ok-refused")  # ok-refused: see zoo_timm (a resolution change refused for weights over a spatial dim)
 FIELDS = ("model", "status", "stage", "reason", "size", "new_size", "groups", "scalable", "width_frac", "widen_rel_diff",
           "trace_ms",
           "analyze_ms", "transform_ms", "forward_ms", "onnx_ms", "onnx_max_abs_diff", "onnx_rel_diff", "seconds",
-          "tp_status", "tp_dg_ms", "tp_prune_ms", "ratio_analyze_tp_dg", "ratio_transform_tp_prune")
+          "tp_status", "tp_dg_ms", "tp_prune_ms", "ratio_analyze_tp_dg", "ratio_transform_tp_prune",
+          "unsound", "unsound_groups", "cost_rel_diff", "cost_ok", "onnx_recalibrated")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,7 +66,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-slow", action="store_true", help="with --models all: leave out >150M-parameter models")
     p.add_argument("--small", action="store_true", help="use each model's small test input instead of 224/299")
     p.add_argument("--csv", type=Path, help="also write one row per model to this CSV file")
+    p.add_argument("--from-csv", type=Path, help="summarise this sweep CSV (no models run; with --md, write it)")
+    p.add_argument("--md", type=Path, help="with --zoo timm: also write the summary markdown to this file")
     p.add_argument("--tp", action="store_true", help="also time Torch-Pruning (DependencyGraph + 50%% prune)")
+    p.add_argument("--jobs", type=int, default=1, help="models run at once (each in its own subprocess)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it is killed")
     p.add_argument("--mem-gb", type=float, default=10.0,
                    help="address-space limit per model subprocess in GiB (torch itself maps ~3.5); 0: none")
@@ -188,141 +199,6 @@ def run_fxscale(name: str, small: bool, seed: int, row: dict[str, Any]) -> None:
     row.update(status="ok", stage="")
 
 
-# ---- timm sweep ----------------------------------------------------------------------------------------------
-# Architecture families of timm (the timm module defining each model), one to three small models each, <= 30M
-# parameters, random weights. Built for 64 px (or TIMM_INPUT); models built for one input size get img_size.
-TIMM_FAMILIES = {
-    "efficientnet (BatchNormAct2d, SE, Conv2dSame)": ("efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_b0",
-                                                      "mixnet_s", "tinynet_a", "fbnetc_100", "mnasnet_small",
-                                                      "hardcorenas_a", "lcnet_050", "mobilenetv2_050"),
-    "mobilenetv3": ("mobilenetv3_small_050", "mobilenetv3_large_100"),
-    "resnet": ("resnet10t", "resnet18d", "seresnext26d_32x4d", "ecaresnet26t"),
-    "resnetv2 (StdConv2d)": ("resnetv2_50x1_bit",),
-    "nfnet (ScaledStdConv2d)": ("nf_resnet26",),
-    "sknet / resnest": ("skresnet18", "resnest14d"),
-    "rexnet / ghostnet": ("rexnet_100", "ghostnet_050", "ghostnetv2_100"),
-    "regnet": ("regnetx_002", "regnety_002"),
-    "dla / densenet / dpn": ("dla34", "densenet121", "dpn68"),
-    "cspnet / byobnet / vovnet / hrnet": ("cspresnet50", "gernet_s", "repvgg_a0", "ese_vovnet19b_dw",
-                                          "hrnet_w18_small"),
-    "res2net / selecsls / inception": ("res2net50_14w_8s", "selecsls42b", "inception_v3"),
-    "vision_transformer / deit / cait / xcit": ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "cait_xxs24_224",
-                                                "xcit_nano_12_p16_224"),
-    "convnext": ("convnext_atto", "convnextv2_atto"),
-    "efficientformer": ("efficientformer_l1", "efficientformerv2_s0"),
-    "mobilevit": ("mobilevit_xxs", "mobilevitv2_050"),
-    "levit / pit / crossvit / coat / convit": ("levit_128s", "pit_ti_224", "crossvit_tiny_240", "coat_lite_tiny",
-                                               "convit_tiny"),
-    "metaformer / mlp": ("poolformer_s12", "mixer_s32_224", "resmlp_12_224"),
-    "edgenext / fastvit / mobileone / efficientvit": ("edgenext_xx_small", "fastvit_t8", "mobileone_s0",
-                                                      "efficientvit_b0"),
-    "tiny_vit / pvt_v2 / twins / swin": ("tiny_vit_5m_224", "pvt_v2_b0", "twins_svt_small",
-                                         "swin_tiny_patch4_window7_224"),
-    "starnet / hgnet / halonet / maxxvit": ("starnet_s1", "hgnetv2_b0", "halonet26t", "coatnet_nano_rw_224"),
-}
-TIMM_MODELS = tuple(f"timm:{n}" for names in TIMM_FAMILIES.values() for n in names)
-TIMM_SIZE = 64
-# Documented exceptions to "64 px": the smallest input each of these builds and runs at (img_size for models built
-# for one size). inception_v3: 3x3 valid convs need > 64 px; efficientformer_l1: its last-stage attention biases are
-# for a 7x7 map (224 px); crossvit: two patch sizes (12, 16) and a resize between branches, only at its own 240 px;
-# halonet26t: 8x8 blocks at stride 32 (256 px); swin: windows of 7 at every stage (4 * 7 * 4 = 112 px).
-TIMM_INPUT = {"inception_v3": 96, "efficientformer_l1": 224, "crossvit_tiny_240": 240, "halonet26t": 256,
-              "swin_tiny_patch4_window7_224": 112}
-TIMM_OPSET = 17
-# ops whose statistics or scores span a channel dim: preserve growth is exact under uniform x2 only (README)
-SPANNING = {"layernorm", "groupnorm", "layer_norm_fn", "group_norm_fn", "mha", "sdpa", "matmul", "matmul_m",
-            "einsum"}
-EXACT_REL_TOL = 1e-5  # widen, in float64: max|grown - original| / max|original|
-
-
-def _timm_build(name: str, seed: int) -> tuple[Any, Any, int]:
-    """A calibrated random-init timm model, its example input and its side."""
-    import torch
-
-    from fxscale import zoo
-
-    spec = zoo.get_spec(name)
-    size = TIMM_INPUT.get(name.split(":", 1)[1], TIMM_SIZE)
-    kwargs = {"img_size": size} if spec.fixed_input and size != spec.full_input_size else {}
-    model = zoo.create_model(name, **kwargs).eval()
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    zoo.randomize_(model, seed=seed, example_input=x)
-    return model, x, size
-
-
-def width_fraction(groups: Sequence[Any]) -> float:
-    """Channels in scalable groups / channels in all groups."""
-    total = sum(g.width for g in groups)
-    return round(sum(g.width for g in groups if g.scalable) / total, 4) if total else 0.0
-
-
-def _widths(groups: Sequence[Any], lo: float, hi: float, seed: str) -> dict[str, int]:
-    rng = random.Random(seed)
-    out = {}
-    for g in groups:
-        if g.scalable:
-            d = max(1, int(g.divisor))
-            out[g.name] = max(d, round(g.width * rng.uniform(lo, hi) / d) * d)
-    return out
-
-
-def run_fxscale_timm(name: str, seed: int, row: dict[str, Any]) -> None:
-    """build -> trace -> analyze -> widen (exact) -> narrow -> resolution x1.5 -> onnx for one timm model."""
-    import torch
-
-    import fxscale
-    from fxscale.ops.table import node_row
-
-    row["stage"] = "build"
-    model, x, size = _timm_build(name, seed)
-    new_size = round(size * 1.5)
-    row.update(size=size, new_size=new_size)
-    with torch.no_grad():
-        ref = model(x)
-    row["stage"] = "trace"
-    gm, row["trace_ms"] = timed(lambda: fxscale.trace(model, x))
-    row["stage"] = "analyze"
-    cg, row["analyze_ms"] = timed(lambda: fxscale.analyze(gm))
-    row["groups"], row["scalable"] = len(cg.groups), sum(bool(g.scalable) for g in cg.groups)
-    row["width_frac"] = width_fraction(cg.groups)
-    row["stage"] = "widen"  # LayerNorm/GroupNorm statistics and attention stay exact only under uniform x2
-    uniform = any(n.op != "placeholder" and getattr(node_row(n, cg.ctx.modules), "name", "") in SPANNING
-                  for n in gm.graph.nodes)
-    grow = {g.name: 2 * g.width for g in cg.scalable} if uniform else _widths(cg.groups, 1.0, 2.0, f"{seed}:{name}")
-    wide, row["transform_ms"] = timed(lambda: fxscale.transform(gm, fxscale.ScalingPlan(widths=grow), "preserve",
-                                                                 cg=cg))
-    with torch.no_grad():  # in float64: float32 rounding alone reaches 1e-4 in deep attention stacks (tiny_vit)
-        ref64, got = copy.deepcopy(gm).double()(x.double()), copy.deepcopy(wide).double()(x.double())
-    scale = float(ref64.abs().max())
-    row["widen_rel_diff"] = float((got - ref64).abs().max()) / scale if scale else 0.0
-    if not row["widen_rel_diff"] <= EXACT_REL_TOL:
-        raise RuntimeError(f"preserve growth is inexact: max rel diff {row['widen_rel_diff']:.3g}")
-    row["stage"] = "narrow"
-    shrink = _widths(cg.groups, 0.5, 1.0, f"{seed}:{name}:narrow")
-    narrow = fxscale.transform(gm, fxscale.ScalingPlan(widths=shrink), "prune", cg=cg)
-    with torch.no_grad():
-        out = narrow(x)
-    if out.shape != ref.shape or not torch.isfinite(out).all():
-        raise RuntimeError(f"narrowed output has shape {tuple(out.shape)} (want {tuple(ref.shape)}) or is not finite")
-    row["stage"] = "resolution"
-    new = fxscale.transform(gm, fxscale.ScalingPlan(widths=grow, resolution=(new_size, new_size)), "preserve", cg=cg)
-    x_new = torch.randn(1, 3, new_size, new_size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        out, row["forward_ms"] = timed(lambda: new(x_new))
-    if out.shape != ref.shape or not torch.isfinite(out).all():
-        raise RuntimeError(f"scaled output has shape {tuple(out.shape)} (want {tuple(ref.shape)}) or is not finite")
-    row["stage"] = "onnx"
-    scale = float(out.abs().max())
-    with tempfile.TemporaryDirectory() as tmp:
-        report, row["onnx_ms"] = timed(lambda: fxscale.export_onnx(new, Path(tmp) / "m.onnx", x_new,
-                                                                   opset=TIMM_OPSET, rtol=0.0,
-                                                                   atol=ONNX_REL_TOL * scale))
-    row["onnx_max_abs_diff"] = getattr(report, "max_abs_diff", None)
-    if row["onnx_max_abs_diff"] is not None and scale > 0:
-        row["onnx_rel_diff"] = row["onnx_max_abs_diff"] / scale
-    row.update(status="ok", stage="")
-
-
 def run_torch_pruning(name: str, small: bool, row: dict[str, Any]) -> None:
     """Time Torch-Pruning's DependencyGraph build and a 50% magnitude prune of the same model."""
     import torch
@@ -368,7 +244,10 @@ def worker(args: argparse.Namespace) -> int:
         row["seconds"] = round(time.perf_counter() - t0, 2)
     else:
         try:
-            run_torch_pruning(args.worker, args.small, row)
+            if args.worker.startswith("timm:"):
+                run_torch_pruning_timm(args.worker, args.seed, row)
+            else:
+                run_torch_pruning(args.worker, args.small, row)
         except Exception as exc:  # noqa: BLE001
             row["tp_status"] = short_reason(exc, 80)
     print(RESULT_TAG + json.dumps(row, default=str), flush=True)
@@ -411,7 +290,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def add_ratios(row: dict[str, Any]) -> None:
     """fxscale/TP time ratios where both sides succeeded."""
-    if row.get("status") == "ok" and row.get("tp_status") == "ok":
+    if row.get("status") in PASS and row.get("tp_status") == "ok":
         row["ratio_analyze_tp_dg"] = round(row["analyze_ms"] / row["tp_dg_ms"], 3)
         row["ratio_transform_tp_prune"] = round(row["transform_ms"] / row["tp_prune_ms"], 3)
 
@@ -423,7 +302,9 @@ def _ms(value: Any) -> str:
 
 def format_row(row: dict[str, Any], tp: bool) -> str:
     """One table line."""
-    status = "ok" if row.get("status") == "ok" else f"fail@{row.get('stage')}: {row.get('reason', '')}"
+    status = row["status"] if row.get("status") in PASS else f"fail@{row.get('stage')}: {row.get('reason', '')}"
+    if row.get("unsound"):
+        status += f" [unsound: {row.get('unsound_groups')}]"
     cells = f"{row['model']:22s} {row.get('groups', '-'):>6} {row.get('scalable', '-'):>6} " \
             f"{row.get('width_frac', '-'):>6} " \
             f"{_ms(row.get('analyze_ms'))} {_ms(row.get('transform_ms'))} "
@@ -442,8 +323,16 @@ def header(tp: bool) -> str:
 
 def summary(rows: Sequence[dict[str, Any]], tp: bool) -> str:
     """'N/M models ok' plus median timings and, with --tp, median fxscale/TP ratios."""
-    ok = [r for r in rows if r.get("status") == "ok"]
-    text = f"{len(ok)}/{len(rows)} models ok"
+    ok = [r for r in rows if r.get("status") in PASS]
+    refused = sum(r.get("status") == "ok-refused" for r in rows)
+    text = f"{len(ok)}/{len(rows)} models pass every stage ({refused} of them ok-refused at resolution)"
+    if any("unsound" in r for r in rows):
+        text += f"; unsound groups {sum(int(r.get('unsound') or 0) for r in rows)} in total"
+    costs = [r for r in rows if "cost_ok" in r]
+    if costs:
+        text += f"; cost model = FlopCounterMode on {sum(r['cost_ok'] is True for r in costs)}/{len(costs)}"
+    if tp:
+        text += f"; Torch-Pruning ok on {sum(r.get('tp_status') == 'ok' for r in rows)}/{len(rows)}"
     fracs = [r["width_frac"] for r in rows if isinstance(r.get("width_frac"), (int, float))]
     if fracs:
         text += f"; median scalable width fraction {statistics.median(fracs):.3f} ({len(fracs)} analysed)"
@@ -467,11 +356,40 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a sweep CSV with numbers and booleans parsed back and empty cells dropped."""
+    def value(v: str) -> Any:
+        if v in ("True", "False"):
+            return v == "True"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+    with path.open(newline="") as f:
+        return [{k: value(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def write_md(path: Path, rows: Sequence[dict[str, Any]], tp: bool, argv: Sequence[str]) -> None:
+    """The timm summary markdown (zoo_timm.summary_markdown)."""
+    from zoo_timm import summary_markdown
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(summary_markdown(rows, summary(rows, tp), "python benchmarks/zoo_coverage.py " + " ".join(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; exit status 0 only when every model passed."""
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.from_csv:
+        rows = read_csv(args.from_csv)
+        tp = any("tp_status" in r for r in rows)
+        print(summary(rows, tp))
+        if args.md:
+            write_md(args.md, rows, tp, sys.argv[1:] if argv is None else list(argv))
+        return 0
     if args.tp and importlib.util.find_spec("torch_pruning") is None:
         print("torch_pruning is not importable: --tp ignored", file=sys.stderr)
         args.tp = False
@@ -482,14 +400,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(header(args.tp), flush=True)
     rows = []
-    for name in names:
-        row = run_model(name, args)
-        rows.append(row)
-        print(format_row(row, args.tp), flush=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # threads only wait on the model subprocesses
+        for row in pool.map(lambda name: run_model(name, args), names):
+            rows.append(row)
+            print(format_row(row, args.tp), flush=True)
+            if args.csv:  # rewritten after every model: an interrupted sweep keeps what it finished
+                write_csv(args.csv, rows)
     print(summary(rows, args.tp))
     if args.csv:
         write_csv(args.csv, rows)
-    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+    if args.md and args.zoo == "timm":
+        write_md(args.md, rows, args.tp, sys.argv[1:] if argv is None else list(argv))
+    return 0 if all(r.get("status") in PASS for r in rows) else 1
 
 
 if __name__ == "__main__":

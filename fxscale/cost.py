@@ -145,11 +145,15 @@ class CostModel:
         for node in graph.nodes:
             if node.op in ("placeholder", "output"):
                 continue
-            if node.op == "call_module" and module_row(self.cg.ctx.modules[node.target]) is None:
-                uncosted.setdefault(type(self.cg.ctx.modules[node.target]).__name__, []).append(str(node.target))
             lab = labels.get(node.name) if node.name in labels else _inherit(node, labels)
             labels.setdefault(node.name, lab)
             cost, pnames = _cost_fn(self.cg, node)
+            if node.op == "call_module" and module_row(self.cg.ctx.modules[node.target]) is None:
+                leaf = _leaf_macs(self.cg.ctx.modules[node.target], node)
+                if leaf is None:
+                    uncosted.setdefault(type(self.cg.ctx.modules[node.target]).__name__, []).append(str(node.target))
+                else:
+                    cost = _fixed_cost(leaf)
             pnames = [p for p in pnames if p in ptmpl and p not in owned]
             owned.update(pnames)
             ins = [_template(at, a.meta.get(META, {}).get("shape"), labels.get(a.name)) for a in _node_args(node)]
@@ -295,6 +299,36 @@ def _cost_fn(cg: ChannelGraph, node: fx.Node) -> tuple[Callable, list[str]]:
         return (lambda ins, out: ("view", 0)), [node.target]
     op = node_row(node)
     return (lambda ins, out: op.cost_of(node, ins, out)), []
+
+
+def _fixed_cost(macs: int) -> Callable:
+    return lambda ins, out: ("leaf", macs)
+
+
+def _leaf_macs(mod: torch.nn.Module, node: fx.Node) -> Optional[int]:
+    """MACs of a leaf module without a rule, counted once by FlopCounterMode on zero inputs of its recorded input
+    shapes (the graph at the costed resolution). The analysis freezes every channel a rule-less leaf touches, so
+    no width plan changes them; None when the module cannot be run that way (the caller warns)."""
+    def zeros(a: Any) -> Any:
+        if not isinstance(a, fx.Node):
+            return a
+        shape = _first_tensor_shape(a.meta.get(META, {}).get("shape"))
+        if shape is None:
+            raise ValueError(f"{a.name} has no tensor shape")
+        dtype = getattr(a.meta.get("tensor_meta"), "dtype", None) or torch.float32
+        return torch.zeros(shape, dtype=dtype)
+    flags = [(m, m.training) for m in mod.modules()]
+    try:
+        args, kwargs = fx.node.map_aggregate((node.args, node.kwargs), zeros)
+        mod.eval()  # in eval mode: counting must not move BatchNorm statistics
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return reference_flops(mod, *args, **kwargs) // 2
+    except Exception:  # noqa: BLE001 - not runnable on zeros of its shapes: warned as uncosted
+        return None
+    finally:
+        for m, training in flags:
+            m.train(training)
 
 
 def _param_templates(cg: ChannelGraph) -> dict[str, list[Dim]]:

@@ -112,3 +112,54 @@ def test_rules_are_named_and_ordered_static_first():
     names = [r.name for r in RULES]
     assert names[0] == "param_shapes" and names.index("forward") < names.index("output_shapes")
     assert len(set(names)) == len(names)
+
+
+class _FunctionalConv(nn.Module):
+    """A conv called functionally on its own parameter (``F.conv2d(x, self.weight)``), as timm's std-convs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 3, 3, 3))
+        with torch.no_grad():
+            self.weight[[1, 4]] *= 10.0  # channels 1 and 4 dominate by L1 norm
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.conv2d(x, self.weight, padding=1))
+
+
+def test_prune_scores_read_the_weight_of_a_functional_conv():
+    from fxscale.passes.channel_map import channel_scores
+    gm = fxscale.trace(_FunctionalConv().eval(), torch.randn(1, 3, 8, 8))
+    cg = fxscale.analyze(gm)
+    (g,) = [g for g in cg.scalable if g.width == 6]
+    scores = list(channel_scores(cg).values())
+    want = gm.weight.detach().abs().reshape(6, -1).sum(1)
+    assert any(len(s) == 6 and torch.allclose(s, want) for s in scores)
+    maps = build_maps(cg, fxscale.ScalingPlan(widths={g.name: 2}), "prune")
+    assert any(torch.equal(m, torch.tensor([1, 4])) for m in maps.maps.values())
+
+
+class _HaloUnfold(nn.Module):
+    """timm's HaloAttn blocks: overlapping windows cut with ``F.pad(x).unfold(2, win, block).unfold(3, ...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.pad(self.conv(x), [1, 1, 1, 1]).unfold(2, 4, 2).unfold(3, 4, 2)
+        return y.reshape(y.shape[0], 4, -1, 16).amax(-1)
+
+
+def test_unfold_is_lowered_to_a_gather_and_exports(tmp_path):
+    from fxscale.passes.lower import UNFOLD, lowered_copy
+    x = torch.randn(1, 3, 8, 8)
+    gm = fxscale.trace(_HaloUnfold().eval(), x)
+    low, done = lowered_copy(gm, 17, x)
+    assert len(done) == 2 and all("unfold" in d for d in done)
+    assert not any(n.op == "call_method" and n.target == "unfold" for n in low.graph.nodes)
+    with torch.no_grad():
+        assert torch.equal(low(x), gm(x))
+    report = fxscale.export_onnx(gm, tmp_path / "halo.onnx", x, opset=17)
+    assert report.max_abs_diff < 1e-5 and UNFOLD == "tensor_unfold"

@@ -246,3 +246,122 @@ def test_maxvit_bad_size_names_sizes_that_work(calibrated_zoo):
     new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(448, 448)))  # resize mode at a good size
     with torch.no_grad():
         assert new(x).shape == (1, 1000)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timm constructs: gathered relative-position biases, token-mixing weights, flattens of non-spatial maps
+# ---------------------------------------------------------------------------------------------------------
+
+class _GatheredBiasAttention(nn.Module):
+    """LeViT / EfficientFormer attention: scores + ``table[:, idx]``, idx[q, k] = |dy| * W + |dx| on the token grid."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, grid: int = 4) -> None:
+        super().__init__()
+        from fxscale.passes.spatial_constants.relbias import offset_index
+        self.heads = heads
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.qk = nn.Linear(dim, 2 * dim)
+        self.table = nn.Parameter(torch.randn(heads, grid * grid))
+        self.register_buffer("idx", offset_index((grid, grid), (grid, grid)))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # B, N, C
+        B, N, C = t.shape
+        q, k = self.qk(t).reshape(B, N, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1)) + self.table[:, self.idx]
+        v = t.reshape(B, N, self.heads, C // self.heads).transpose(1, 2)
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.head(y.mean(1))
+
+
+def test_gathered_relative_bias_is_resampled_and_its_index_rebuilt():
+    from fxscale.passes.spatial_constants.relbias import offset_index
+    model = _GatheredBiasAttention().eval()
+    gm = fxscale.trace(model, _xin(16))
+    new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)), resolution_mode="input")
+    assert torch.equal(new.idx, offset_index((6, 6), (6, 6)))
+    assert tuple(new.table.shape) == (2, 36)
+    with torch.no_grad():
+        assert new(_xin(24)).shape == (1, 5)
+    report = new.meta[META]["transform"]["resolution"]
+    assert report["relative_biases"][0]["new_grid"] == [6, 6]
+
+
+def test_offset_index_with_a_query_stride():
+    from fxscale.passes.spatial_constants.relbias import offset_index
+    got = offset_index((2, 2), (4, 4), 2)
+    assert got.shape == (4, 16)
+    assert got[1, 2].item() == 0 and got[3, 0].item() == 2 * 4 + 2  # query (0, 1) at key (0, 2); (1, 1) at (0, 0)
+
+
+class _TokenMixer(nn.Module):
+    """MLP-Mixer's token mixing: a Linear over the token dim, one weight per spatial position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, 4)
+        self.tokens = nn.Linear(16, 16)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2)  # B, C, N
+        return self.head(self.tokens(t).mean(-1))
+
+
+def test_token_mixing_weights_refuse_a_resolution_change_naming_the_node():
+    gm = fxscale.trace(_TokenMixer().eval(), _xin(16))
+    with pytest.raises(fxscale.PlanError, match=r"node tokens .*spans? a spatial dimension.*without new weights"):
+        fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)))
+
+
+class _RadixGate(nn.Module):
+    """ResNeSt's split attention: a gate reshaped (B, radix, 1, C/radix) -> (B, -1), a 4-D map that is not spatial."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        B = y.shape[0]
+        g = self.fc(y.mean((2, 3), keepdim=True)).view(B, 2, 1, -1).softmax(1).reshape(B, -1)
+        return self.head((y * g.view(B, -1, 1, 1)).mean((2, 3)))
+
+
+def test_widened_non_spatial_flatten_follows_the_new_width_at_a_new_resolution():
+    gm = fxscale.trace(_RadixGate().eval(), _xin(16))
+    cg = fxscale.analyze(gm)
+    (g,) = [g for g in cg.groups if g.scalable and g.width == 8]
+    new = fxscale.transform(gm, fxscale.ScalingPlan(widths={g.name: 12}, resolution=(24, 24)), cg=cg)
+    with torch.no_grad():
+        assert new(_xin(24)).shape == (1, 5)
+
+
+class _ClassTokenConvPos(nn.Module):
+    """CoaT's conv position encoding: class token prepended, then ``x[:, 1:]`` re-split into the H x W map."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = t.shape
+        t = torch.cat([self.cls.expand(B, -1, -1), t], dim=1)
+        img = t[:, 1:].transpose(1, 2).reshape(B, C, 4, 4)  # the traced 4 x 4 grid, baked in
+        return self.head(self.pos(img).mean((2, 3)) + t[:, 0])
+
+
+def test_slicing_off_the_class_token_keeps_the_token_grid():
+    gm = fxscale.trace(_ClassTokenConvPos().eval(), _xin(16))
+    new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)), resolution_mode="input")
+    changed = {(c["old"], c["new"]) for c in new.meta[META]["transform"]["resolution"]["constants"]}
+    assert changed == {(4, 6)}
+    with torch.no_grad():
+        assert new(_xin(24)).shape == (1, 5)

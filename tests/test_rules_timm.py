@@ -286,10 +286,31 @@ def test_leaf_module_without_cost_formula_warns():
         def forward(self, x):
             return self.h(self.o(x))
 
-    cg = fxscale.analyze(fxscale.trace(Net().eval(), torch.randn(1, 3, 8, 8), leaf_modules=[Odd]))
-    with pytest.warns(UserWarning, match="leaf module type Odd has no cost formula"):
+    class Fussy(Odd):  # cannot run on zeros of its input shape: no measured formula, so a loud warning
+        def forward(self, x):
+            if not bool(x.abs().sum() > 0):
+                raise ValueError("all-zero input")
+            return super().forward(x)
+
+    class FussyNet(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.o = Fussy()
+
+    x = torch.randn(1, 3, 8, 8)
+    cg = fxscale.analyze(fxscale.trace(FussyNet().eval(), x, leaf_modules=[Fussy]))
+    with pytest.warns(UserWarning, match="leaf module type Fussy has no cost formula"):
         rep = fxscale.cost(cg)
     assert rep.params == sum(p.numel() for p in Net().parameters())
+    # a leaf that runs is costed by FlopCounterMode at its recorded input shapes, silently and exactly
+    model = Net().eval()
+    cg = fxscale.analyze(fxscale.trace(model, x, leaf_modules=[Odd]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = fxscale.cost(cg)
+    from fxscale.cost import reference_flops
+    assert rep.flops == reference_flops(model, x)
+    assert rep.macs == 4 * 3 * 9 * 6 * 6 + 2 * 4 * 6 * 6
 
 
 def test_leaf_subclass_with_its_own_forward_has_no_rule():

@@ -155,3 +155,36 @@ def test_string_annotations_are_resolved_so_the_graph_pickles():
     torch.save(gm, buf)
     buf.seek(0)
     assert torch.load(buf, weights_only=False)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def _zoo_timm():
+    """benchmarks/zoo_timm.py (the timm sweep's stages), loaded from its path."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_timm.py"
+    spec = importlib.util.spec_from_file_location("zoo_timm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("net", [InplaceBinary, UnknownOperand])
+def test_sweep_finds_no_unsound_group_where_the_rules_hold(net):
+    z = _zoo_timm()
+    x = torch.randn(1, 3, 8, 8)
+    gm = fxscale.trace(net().eval(), x)
+    cg = fxscale.analyze(gm)
+    assert z.unsound_groups(gm, cg, x, "t") == []
+
+
+def test_sweep_names_a_group_wrongly_marked_scalable():
+    """Control: a frozen group forced scalable validates, fails to transform, and is reported by name."""
+    z = _zoo_timm()
+    x = torch.randn(1, 3, 8, 8)
+    gm = fxscale.trace(UnknownOperand().eval(), x)
+    cg = fxscale.analyze(gm)
+    frozen = [g for g in cg.groups if not g.scalable]
+    for g in frozen:
+        g.scalable = True
+    bad = z.unsound_groups(gm, cg, x, "t", failed=[{g.name: 2 * g.width for g in frozen}])
+    assert bad and set(bad) <= {g.name for g in frozen} | {b for b in bad if "+" in b}

@@ -134,6 +134,7 @@ ROW_EXCLUSIONS: dict[str, str] = {
     "where": "the operand after the condition may be a mask; bicubic resampling of a mask is meaningless",
     "where_m": "masked_fill's operand is a mask; bicubic resampling of a mask is meaningless",
     "expand_as": "broadcasts to another tensor's shape: sizes come from that tensor (generic label)",
+    "reshape_as": "reshapes to another tensor's shape: sizes come from that tensor, none from its own arguments",
 }
 
 

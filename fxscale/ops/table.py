@@ -161,9 +161,9 @@ ROWS: list[OpRow] = [
     _meth("flatten_m", ("flatten",), O.flatten_fn, spatial="view", identity_on=_ALL, **_SAME),
     _meth("reshape_m", ("view", "reshape"), O.view_like, spatial="view", identity_on=_ALL, **_SAME),
     # sizes come from the other tensor ("pool": from its own arguments, nothing for the resolution solver to
-    # re-derive); a layout op, not declared as one until the spatial-rule tests list it next to expand_as
+    # re-derive; tests/test_spatial_rules.py lists the reason next to expand_as); a pure layout op
     _meth("reshape_as", ("reshape_as", "view_as"), FN.reshape_as, kind="view", zero=True, spatial="pool",
-          identity_on=_ALL),
+          identity_on=_ALL, layout=True),
     _meth("squeeze_m", ("squeeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
     _meth("unsqueeze_m", ("unsqueeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
     _meth("permute_m", ("permute",), O.permute, **_SAME),

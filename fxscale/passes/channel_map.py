@@ -76,15 +76,41 @@ def channel_scores(cg: ChannelGraph, importance: Optional[Mapping[str, torch.Ten
     scores: dict[int, torch.Tensor] = {}
     modules = cg.ctx.modules  # eval graph modules plus train-only ones (aux heads)
     for use in cg.ctx.uses.values():
-        if not use.producer or "weight" not in use.params:
+        found = _producer_weight(cg, modules, use) if use.producer else None
+        if found is None:
             continue
-        w = getattr(modules[use.name], "weight").detach().abs()
-        lab, _mode = use.params["weight"][0]
-        per = w.reshape(w.shape[0], -1).sum(1)
+        w, dim, lab = found
+        per = w.detach().abs().movedim(dim, 0).reshape(w.shape[dim], -1).sum(1)
         _accumulate(at, scores, lab, per)
     if importance:
         _apply_importance(cg, scores, importance)
     return scores
+
+
+def _producer_weight(cg: ChannelGraph, modules: Mapping[str, torch.nn.Module], use) -> Optional[tuple]:
+    """(weight tensor, its output-channel dim, that dim's label) of a producer: a module's ``weight``, or the
+    parameter a functional conv/linear reads through get_attr (``F.conv2d(x, self.weight)``, key "")."""
+    for key in ("weight", ""):
+        dims = use.params.get(key)
+        if not dims:
+            continue
+        out = use.outputs[0] if use.outputs else None
+        dim = next((d for d, (lab, _m) in dims.items() if out is not None and lab == out), None)
+        if dim is None:
+            dim = next((d for d, (_lab, m) in dims.items() if m == "select"), None)
+        if dim is None:
+            return None
+        if key == "weight":
+            w = getattr(modules.get(use.name), "weight", None)
+        else:
+            try:
+                w = cg.gm.get_parameter(use.name)
+            except AttributeError:
+                w = None
+        if isinstance(w, torch.Tensor) and w.dim() > dim:
+            return w, dim, dims[dim][0]
+        return None
+    return None
 
 
 def _accumulate(at, scores: dict, lab: Label, per_elem: torch.Tensor) -> None:

@@ -36,13 +36,16 @@ from fxscale.tracing import META
 
 SDPA = "scaled_dot_product_attention"
 ANTIALIAS = "antialias_resize"
-KINDS = (SDPA, ANTIALIAS)
+UNFOLD = "tensor_unfold"
+KINDS = (SDPA, ANTIALIAS, UNFOLD)
 # First opset at which each exporter writes the op itself; None: never (no symbolic for aten::_upsample_*_aa).
 NATIVE_OPSET: dict[str, dict[str, int | None]] = {
-    "torchscript": {SDPA: 14, ANTIALIAS: None},
+    # Tensor.unfold: the torchscript symbolic needs the unfolded dim's size, which is lost after a dynamic pad
+    # (timm's HaloAttn), so it is always lowered to an index_select with a fixed window index
+    "torchscript": {SDPA: 14, ANTIALIAS: None, UNFOLD: None},
     # dynamo decomposes SDPA with Trilu (opset 14) and, for a dynamic batch, Shape(start, end) (opset 15);
     # its antialiased Resize needs opset 18
-    "dynamo": {SDPA: 15, ANTIALIAS: 18},
+    "dynamo": {SDPA: 15, ANTIALIAS: 18, UNFOLD: 1},
 }
 # The torchscript exporter's SDPA symbolic refuses enable_gqa=True at every opset.
 _SDPA_TARGETS = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention,
@@ -148,7 +151,11 @@ def _mha_args(node: fx.Node) -> dict[str, Any] | None:
 
 
 def _kind(node: fx.Node) -> str | None:
-    """SDPA / ANTIALIAS for nodes lower_for_onnx handles (torch has no Tensor-method form of either)."""
+    """SDPA / ANTIALIAS / UNFOLD for nodes lower_for_onnx handles (torch has no Tensor-method form of the first
+    two; ``x.unfold(dim, size, step)`` is a method only)."""
+    if node.op == "call_method" and node.target == "unfold" and len(node.args) == 4 and not node.kwargs \
+            and all(isinstance(a, int) for a in node.args[1:]):
+        return UNFOLD
     if node.op == "call_module":
         mha = _mha_args(node)
         return SDPA if mha is not None and mha.get("need_weights", True) is False else None
@@ -291,6 +298,33 @@ def _lower_antialias(gm: fx.GraphModule, node: fx.Node, device: Any) -> str:
     return f"{node.name}: antialiased {mode} resize {tuple(in_shape[2:])} -> {out} as W_h @ x @ W_w^T (exact)"
 
 
+def unfold_gather(x: torch.Tensor, index: torch.Tensor, dim: int, windows: int, size: int) -> torch.Tensor:
+    """``x.unfold(dim, size, step)`` as one index_select of the window positions ``index`` (``windows * size``
+    entries) and a reshape: the same values, exported with Gather at any opset."""
+    d = dim % x.dim()
+    y = x.index_select(d, index)
+    y = y.reshape(tuple(y.shape[:d]) + (windows, size) + tuple(y.shape[d + 1:]))
+    return y.movedim(d + 1, -1)
+
+
+def _lower_unfold(gm: fx.GraphModule, node: fx.Node) -> str:
+    """Point an ``x.unfold(dim, size, step)`` node at unfold_gather with a fixed window index buffer."""
+    x, dim, size, step = node.args
+    shape = _shape(x)
+    if shape is None:
+        raise LoweringError(f"node {node.name}: unfold input has no static shape; cannot lower it")
+    length = shape[dim % len(shape)]
+    windows = (length - size) // step + 1
+    index = (torch.arange(windows)[:, None] * step + torch.arange(size)[None]).reshape(-1)
+    name = _free_attr(gm, f"_unfold_index_{node.name}")
+    gm.register_buffer(name, index, persistent=False)
+    with gm.graph.inserting_before(node):
+        idx = gm.graph.get_attr(name)
+    node.op, node.target = "call_function", unfold_gather
+    node.args, node.kwargs = (x, idx, dim, windows, size), {}
+    return f"{node.name}: unfold({dim}, {size}, {step}) of {length} as index_select of {windows} windows"
+
+
 def _free_attr(gm: fx.GraphModule, base: str) -> str:
     name, i = base, 0
     while hasattr(gm, name):
@@ -314,7 +348,7 @@ def lower_for_onnx(gm: fx.GraphModule, opset: int, *example_inputs: torch.Tensor
             ShapeProp(gm).propagate(*example_inputs)
     device = example_inputs[0].device if example_inputs else next(
         (t.device for t in [*gm.parameters(), *gm.buffers()]), torch.device("cpu"))
-    done = [_lower_antialias(gm, n, device) if k == ANTIALIAS else
+    done = [_lower_antialias(gm, n, device) if k == ANTIALIAS else _lower_unfold(gm, n) if k == UNFOLD else
             _lower_mha(gm, n) if n.op == "call_module" else _lower_sdpa(gm, n) for n, k in nodes]
     gm.graph.lint()
     gm.recompile()
@@ -352,6 +386,7 @@ __all__ = [
     "KINDS",
     "NATIVE_OPSET",
     "SDPA",
+    "UNFOLD",
     "LoweringError",
     "antialias_matrix",
     "copy_graph_module",
@@ -360,4 +395,5 @@ __all__ = [
     "lowered_copy",
     "resize_separable",
     "sdpa_math",
+    "unfold_gather",
 ]

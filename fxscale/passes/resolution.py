@@ -22,6 +22,7 @@ from fxscale.passes.spatial_constants import (  # noqa: F401 - re-exported
     resample_spatial_map,
     solve_spatial_constants,
 )
+from fxscale.passes.spatial_weights import refuse_spatial_weights
 from fxscale.tracing import META, dense_outputs, infer_shapes, leaf_at
 
 RESOLUTION_MODES = ("resize", "input")
@@ -197,6 +198,14 @@ def follow_dense_outputs(gm: fx.GraphModule, original: Any, dense: dict[tuple, d
 # Position embeddings
 # ----------------------------------------------------------------------------------------------------------
 
+def _refresh_shapes(gm: fx.GraphModule, info: dict[str, Any]) -> None:
+    """Re-propagate the shapes of `gm` at its current input size (shape-only): the flatten pools below read the
+    trailing dims of their inputs from the metadata, which must describe this graph, not the traced one."""
+    inputs = [torch.zeros(s, dtype=dt) for s, dt in zip(info["input_shapes"], info["input_dtypes"])]
+    with contextlib.suppress(TraceError), contextlib.redirect_stderr(io.StringIO()):
+        infer_shapes(gm, *inputs)
+
+
 def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resize") -> dict[str, Any]:
     """Scale the input resolution of `gm` in place: 'resize' keeps the original input, 'input' changes it.
 
@@ -213,6 +222,7 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
         return {"mode": mode, "size": size, "pooled_flattens": [], "constants": [], "position_embeddings": [],
                 "dense_outputs": []}
     dense = dense_outputs(gm)  # before the graph changes: probed at the current input size
+    _refresh_shapes(gm, info)  # an earlier pass (widths) may have left the traced shapes in the metadata
     pools = pool_before_flattens(gm)
     if mode == "resize":
         insert_resize(gm, size, original)
@@ -229,10 +239,13 @@ def resolution_pass(gm: fx.GraphModule, size: tuple[int, int], mode: str = "resi
         try:
             solution = _solve(gm, original, size, mode)
         except _Unsupported:
+            refuse_spatial_weights(gm, tuple(inputs), size, str(err))
             raise err from None
-        except PlanError as e:
+        except PlanError as e:  # no constants make it run: say why when the node it fails at has spatial weights
+            refuse_spatial_weights(gm, tuple(inputs), size, str(e))
             raise _with_nearby(gm, original, size, mode, e) from None
-        if not solution["constants"] and not solution["position_embeddings"]:
+        if not solution["constants"] and not solution["position_embeddings"] and not solution.get("relative_biases"):
+            refuse_spatial_weights(gm, tuple(inputs), size, str(err))
             raise err
         fixes = apply_spatial_constants(gm, solution)
         gm.graph.lint()

@@ -63,6 +63,9 @@ def apply_spatial_constants(gm: fx.GraphModule, solution: dict[str, Any]) -> dic
                     else setattr(parent, leaf, new)
         report["position_embeddings"].append({"name": spec.target, "node": spec.node, "prefix": spec.prefix,
                                               "old_grid": list(spec.grids[0]), "new_grid": list(spec.grids[1])})
+    if solution.get("relative_biases"):
+        from fxscale.passes.spatial_constants.relbias import apply_relative_biases
+        report["relative_biases"] = apply_relative_biases(gm, solution["relative_biases"])
     return report
 
 

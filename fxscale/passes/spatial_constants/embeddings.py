@@ -114,6 +114,8 @@ def check_position_embedding(s: "_Solver", n: fx.Node) -> None:
     if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
         return
     for o, x in ((a, b), (b, a)):
+        from fxscale.passes.spatial_constants.relbias import check_relative_bias
+        check_relative_bias(s, n, o, x)  # a gathered relative-position bias table: records it and restarts
         root = param_root(o)
         if root is None or not isinstance(s.lab.get(x), _T) or not isinstance(s.vals.get(o, [None])[0],
                                                                               torch.Tensor):

@@ -24,7 +24,7 @@ from fxscale.analysis.reshape import _arg, _dim
 from fxscale.ops.row import OpRow
 from fxscale.ops.table import UNKNOWN, node_row
 from fxscale.passes.spatial_constants.embeddings import check_position_embedding, same_shape
-from fxscale.passes.spatial_constants.factors import _F, _I, _T, _const, _Fail, _is_int
+from fxscale.passes.spatial_constants.factors import _F, _I, _T, _const, _Fail, _is_int, _pvals
 from fxscale.passes.spatial_constants.views import expand_sites, view_sites
 
 if TYPE_CHECKING:
@@ -72,11 +72,59 @@ def size_method(s: "_Solver", n: fx.Node, vals: list, pending: dict) -> Any:
 
 
 def tuple_item(s: "_Solver", n: fx.Node, vals: list, pending: dict) -> Any:
-    """``shape[i]`` / ``shape[i:j]`` of a tuple of ints (tensor indexing gets the generic label)."""
+    """``shape[i]`` / ``shape[i:j]`` of a tuple of ints; ``x[:, 1:]`` of a tensor (see :func:`token_slice`)."""
     lab = _src(s, n)
-    if isinstance(lab, tuple) and not isinstance(lab, (_T, _I)):
+    if isinstance(lab, _T):
+        return token_slice(s, lab, n.args[1])
+    if isinstance(lab, tuple) and not isinstance(lab, (_I,)):
         return lab[n.args[1]]
     return None
+
+
+def _cut(s: "_Solver", parts: list, start: Any, stop: Any) -> Any:
+    """The factors of ``parts[i:j]`` when ``start``/``stop`` fall on part boundaries at every probe, else None."""
+    bounds, acc = [(0,) * s.P], (0,) * s.P
+    for part in parts:
+        acc = tuple(a + v for a, v in zip(acc, _pvals(part, s.P)))
+        bounds.append(acc)
+
+    def at(v: Any, default: int) -> Any:
+        if v is None:
+            return default
+        want = tuple(v if v >= 0 else t + v for t in bounds[-1])  # a negative index counts from the end
+        return next((i for i, b in enumerate(bounds) if b == want), None)
+
+    i, j = at(start, 0), at(stop, len(parts))
+    if i is None or j is None or j <= i:
+        return None
+    chosen = parts[i:j]
+    if len(chosen) == 1:
+        return tuple(chosen[0])
+    return (_F(tuple(sum(v) for v in zip(*[_pvals(p, s.P) for p in chosen])), parts=[tuple(p) for p in chosen]),)
+
+
+def token_slice(s: "_Solver", lab: "_T", index: Any) -> Any:
+    """``x[:, 1:]`` / ``x[:, :1]``: slicing a concatenated (class + grid tokens) dim on a boundary of its parts
+    keeps the factors of the parts it selects (the grid tokens stay a rows x columns grid); full slices keep
+    their dim's factors. None (the generic label) for any other index."""
+    items = index if isinstance(index, tuple) else (index,)
+    if len(items) > len(lab) or not all(isinstance(it, slice) for it in items):
+        return None
+    dims = []
+    for d, it in enumerate(items):
+        if it == slice(None):
+            dims.append(lab[d])
+            continue
+        factors = lab[d]
+        if it.step not in (None, 1) or len(factors) != 1 or not factors[0].parts:
+            return None
+        if not all(v is None or _is_int(v) for v in (it.start, it.stop)):
+            return None
+        cut = _cut(s, factors[0].parts, it.start, it.stop)
+        if cut is None:
+            return None
+        dims.append(cut)
+    return _T(dims + list(lab[len(items):]))
 
 
 def int_product(s: "_Solver", n: fx.Node, vals: list, pending: dict) -> Any:

@@ -40,7 +40,8 @@ def _solve(gm: fx.GraphModule, original: tuple, size: tuple, mode: str) -> dict[
         for path, vals in sites.items():
             if vals[1] != vals[0]:
                 constants.append((n, path, vals[0], vals[1]))
-    return {"constants": constants, "position_embeddings": list(solver.posemb.values()), "solver": solver}
+    return {"constants": constants, "position_embeddings": list(solver.posemb.values()),
+            "relative_biases": list(solver.relbias.values()), "solver": solver}
 
 
 def _shapes_from_solver(gm: fx.GraphModule, solver: _Solver, probe: int = 1) -> None:

@@ -32,6 +32,7 @@ class _Solver:
         self.inputs = probe_inputs
         self.resize, self.resize_shapes = resize, resize_shapes
         self.posemb: dict[str, _PosEmb] = {}
+        self.relbias: dict[str, Any] = {}  # index buffer target -> relbias._RelBias
         self.meta_state: dict[str, dict] = {}
         self.meta_attr: dict[tuple, torch.Tensor] = {}
         self._reset()
@@ -165,6 +166,9 @@ class _Solver:
         if isinstance(obj, torch.Tensor):
             spec = self.posemb.get(target)
             shape = spec.shape_at(tuple(obj.shape), p) if spec is not None else tuple(obj.shape)
+            rel = next((r for r in self.relbias.values() if target in (r.table, r.index)), None)
+            if rel is not None:
+                shape = rel.shape_at(target, shape, p)
             obj = torch.empty(shape, dtype=obj.dtype, device="meta")
         self.meta_attr[key] = obj
         return obj
