@@ -13,6 +13,7 @@ from typing import Any
 from fxscale.cli_checks import HelpFormatter as FORMATTER
 from fxscale.cli_checks import float_list, json_object, nonnegative_int, positive_int, stderr_line
 from fxscale.hant.config import BASELINES, AccelerateConfig
+from fxscale.scaling.cli import option_labels  # field -> option, for messages in CLI wording
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -68,13 +69,6 @@ def cmd_accelerate(args: argparse.Namespace, labels: dict[str, str]) -> int:
     print(methods_table(results["methods"]))
     print(f"wrote {Path(args.out) / 'report.md'}, plan.json, model.pt, model.pt2, model.onnx, results.json")
     return 0
-
-
-def option_labels(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """AccelerateConfig field -> the option that sets it, for messages in CLI wording."""
-    labels = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    labels["model"] = "MODEL"
-    return labels
 
 
 def add_accelerate_command(sub: argparse._SubParsersAction) -> None:

@@ -11,15 +11,15 @@ import json
 import math
 import platform
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
 from fxscale.hw.base import TimingProtocol
+from fxscale.hw.targets import TorchRunner
 from fxscale.hw.timing import Timing, measure_interleaved
 
 LAYOUT_NAMES = ("contiguous", "channels_last")
@@ -53,33 +53,19 @@ class Call:
         return self.fn(*self.args)
 
 
-class _Runner:
-    clocked = True
+class _Runner(TorchRunner):
+    """A prepared Call as a timing-engine runner: TorchRunner's thread and inference-mode context, no model copy."""
 
     def __init__(self, call: Call, threads: int) -> None:
-        self.c, self.threads = call, threads
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            torch.set_num_threads(previous)
+        self.c, self.threads, self.cuda, self.clocked = call, threads, False, True
 
     def call(self) -> None:
         self.c()
 
-    def sample(self, n: int) -> list[float]:
-        out = []
-        with self.active():
-            for _ in range(n):
-                t0 = time.perf_counter_ns()
-                self.c()
-                out.append((time.perf_counter_ns() - t0) / 1e6)
-        return out
+    def run_ms(self) -> float:
+        t0 = time.perf_counter_ns()
+        self.c()
+        return (time.perf_counter_ns() - t0) / 1e6
 
 
 class CallTarget:
