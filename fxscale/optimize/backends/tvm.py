@@ -3,8 +3,9 @@
 The partition goes through torch.export into Relax (`tvm.relax.frontend.torch.from_exported_program`), is
 legalised to TensorIR and fused (Relax's zero pipeline), and built for `llvm` on this CPU. With `trials=0` the
 build uses TVM's default (untuned) schedules. With `trials > 0` each fused TIR task is first tuned by MetaSchedule's
-evolutionary search (XGBoost cost model) up to `trials` measured candidates, within `time_budget_s`; the tuning
-database (JSON, structural workload keys) lives under `cache_dir` and is shared and reused: a task already tuned
+evolutionary search (XGBoost cost model, post-order-apply design space, local builder and runner) up to `trials`
+measured candidates, within `time_budget_s` (apache-tvm 0.27 needs apache-tvm-ffi < 0.1.15 for this: tvm_tune.py);
+the tuning database (JSON, structural workload keys) lives under `cache_dir` and is shared and reused: a task tuned
 with at least `trials` trials at the same target is not tuned again (see tvm_tune.py). With `isolate` (the
 default) the search runs in a child process, so that a crash in TVM's native code is a BackendError.
 """
@@ -98,7 +99,8 @@ class TvmBackend(BackendBase):
                                                    time_budget_s=self.settings["time_budget_s"],
                                                    trials_per_iter=int(self.settings["trials_per_iter"]),
                                                    seed=int(self.settings["seed"]), threads=threads,
-                                                   population=int(self.settings["population"]))
+                                                   population=int(self.settings["population"]),
+                                                   search=not self.settings["isolate"])
             if tuned:  # the child tuned; this process only applied its database
                 self.last_tuning = {**tuned, "reused": [n for n in self.last_tuning["reused"]
                                                         if n not in tuned.get("tuned", [])]}

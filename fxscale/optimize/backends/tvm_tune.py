@@ -6,6 +6,13 @@ a task that already had at least the requested number is not tuned again, and th
 applied. Tuning runs in rounds of `trials_per_iter * 4` until the trial budget or `time_budget_s` is spent;
 evolutionary search seeds each round's population from the database's best records, so rounds continue the
 search rather than restart it.
+
+Two things make MetaSchedule run with the apache-tvm 0.27.0 wheel (found on the 2026-12-02 dev VM):
+- apache-tvm-ffi < 0.1.15: with 0.1.15.x the wheel segfaults as soon as a TuneContext is built (an ABI mismatch;
+  0.1.14.post0/post1 work). `check_ffi_version` names the fix instead of a bare segfault.
+- the builder's worker processes import tvm.s_tir.tensor_intrin inside every build, which takes ~70 s of TVMScript
+  parsing, past LocalBuilder's 30 s timeout, so every candidate failed to build. `_builder` runs the fast
+  `import_tensor_intrinsics` as the workers' initializer (which has no timeout) instead.
 """
 from __future__ import annotations
 
@@ -121,6 +128,29 @@ def _strategy(ms: Any, population: int) -> Any:
                                                  init_min_unmeasured=min(50, population // 2))
 
 
+def _builder(ms: Any) -> Any:
+    """The local builder, its workers importing the tensor intrinsics up front (see the module docstring)."""
+    return ms.builder.LocalBuilder(timeout_sec=120.0, initializer=import_tensor_intrinsics)
+
+
+def _version(v: str) -> tuple[int, ...]:
+    """The first three numeric parts of a version string: "0.1.15.post2" -> (0, 1, 15)."""
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in v.split(".")[:3])
+
+
+def ffi_version_problem() -> str | None:
+    """Why MetaSchedule would crash with the installed apache-tvm-ffi, or None (apache-tvm 0.27 needs < 0.1.15)."""
+    try:
+        import tvm
+        import tvm_ffi
+    except ImportError:
+        return None
+    if _version(tvm.__version__)[:2] == (0, 27) and _version(tvm_ffi.__version__) >= (0, 1, 15):
+        return (f"apache-tvm {tvm.__version__} segfaults in MetaSchedule with apache-tvm-ffi {tvm_ffi.__version__}: "
+                "pip install 'apache-tvm-ffi<0.1.15'")
+    return None
+
+
 def _runner(ms: Any) -> Any:
     """The local runner: 3 runs of at least 20 ms per candidate (MetaSchedule's default asks 100 ms)."""
     return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
@@ -138,8 +168,11 @@ def lower_for_tuning(mod: Any, target: Any) -> Any:
 
 def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path, time_budget_s: float | None = None,
                    trials_per_iter: int = 16, seed: int = 0, threads: int = 1,
-                   population: int = 256) -> tuple[Any, dict[str, Any]]:
-    """(the lowered module with tuned schedules applied when trials > 0, a record of what was tuned/reused)."""
+                   population: int = 256, search: bool = True) -> tuple[Any, dict[str, Any]]:
+    """(the lowered module with tuned schedules applied when trials > 0, a record of what was tuned/reused).
+
+    With `search=False` nothing is tuned here: the database's best records are applied (what a parent does after
+    `tune_in_subprocess`)."""
     from tvm import relax
     mod = lower_for_tuning(mod, target)
     if trials <= 0:
@@ -152,10 +185,13 @@ def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path, time_
     counts = _read_counts(counts_path)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     keys = {t.task_name: _task_key(t.dispatched[0]) for t in tasks}
-    todo = [t.task_name for t in tasks if counts.get(keys[t.task_name], 0) < trials]
+    todo = [t.task_name for t in tasks if search and counts.get(keys[t.task_name], 0) < trials]
     record: dict[str, Any] = {"trials": trials, "tuned": todo, "reused": [n for n in keys if n not in todo],
                               "database": str(work), "seconds": 0.0}
     if todo:
+        problem = ffi_version_problem()
+        if problem:
+            raise BackendError(problem)
         start, spent = time.perf_counter(), 0
         per_round = max(trials_per_iter * 4, 1)
         while spent < trials:
@@ -167,7 +203,7 @@ def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path, time_
                     ms.relax_integration.tune_relax(
                         mod, {}, target, str(work), max_trials_global=n * len(todo), max_trials_per_task=n,
                         num_trials_per_iter=min(trials_per_iter, n), strategy=_strategy(ms, population),
-                        runner=_runner(ms), seed=seed + spent)
+                        builder=_builder(ms), runner=_runner(ms), seed=seed + spent)
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"MetaSchedule tuning failed: {type(exc).__name__}: {exc}") from exc
             spent += n
@@ -211,7 +247,7 @@ def tune_in_subprocess(gm: Any, inputs: tuple[Any, ...], target: Any, *, trials:
             why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
             lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
             if "Segfault" in (proc.stderr or ""):
-                why, lines = "a segmentation fault in TVM's native code", []
+                why, lines = "a segmentation fault in TVM's native code", [p for p in [ffi_version_problem()] if p]
             tail = f": {lines[-1]}" if lines else ""
             raise BackendError(f"MetaSchedule tuning failed in its child process ({why}){tail}")
         return json.loads(out.read_text())
@@ -231,7 +267,7 @@ def _child(job_path: str, out_path: str) -> int:
     return 0
 
 
-__all__ = ["default_cache_dir", "host_target", "import_tensor_intrinsics", "lower_for_tuning", "tune_and_apply",
+__all__ = ["default_cache_dir", "ffi_version_problem", "host_target", "import_tensor_intrinsics", "lower_for_tuning", "tune_and_apply",
            "tune_in_subprocess"]
 
 
