@@ -188,3 +188,109 @@ def test_sweep_names_a_group_wrongly_marked_scalable():
         g.scalable = True
     bad = z.unsound_groups(gm, cg, x, "t", failed=[{g.name: 2 * g.width for g in frozen}])
     assert bad and set(bad) <= {g.name for g in frozen} | {b for b in bad if "+" in b}
+
+
+class WindowAttention(nn.Module):
+    """timm's window attention (DaViT, Swin): the head dim of qkv's reshape is ``C // heads`` with C read from the
+    *input*'s shape, and the merge back uses C again. With ``embed`` the input width is a scalable channel space
+    (C follows the plan); without it C is the fixed width of the network input."""
+
+    def __init__(self, dim: int = 12, heads: int = 3, embed: bool = True) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.embed = nn.Linear(dim, dim) if embed else nn.Identity()
+        self.qkv, self.proj, self.head = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.head(self.proj(y.transpose(1, 2).reshape(B, N, C)) + x)
+
+
+def _random_plans(cg, n: int, seed: int) -> list[dict[str, int]]:
+    import random
+    rng = random.Random(seed)
+    plans = []
+    for _ in range(n):
+        subset = [g for g in cg.scalable if rng.random() < 0.5] or list(cg.scalable)
+        plans.append({g.name: max(g.divisor, round(g.width * rng.uniform(0.5, 2.0) / g.divisor) * g.divisor)
+                      for g in subset})
+    return [p for p in plans if p]
+
+
+@pytest.mark.parametrize("embed", [True, False])
+def test_window_attention_head_dim_read_from_the_input_shape_is_sound(embed):
+    """Every plan that validates transforms (prune and preserve); preserve is exact; where C is fixed qkv freezes
+    with a reason naming the reshape whose size is read from the fixed dim."""
+    torch.manual_seed(0)
+    model, x = WindowAttention(embed=embed).eval(), torch.randn(2, 5, 12)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    qkv = next(g for g in cg.groups if "qkv" in g.producers)
+    if embed:  # qkv's head dim is C // heads of the embedding: one size class with the embedding's parts
+        assert qkv.scalable and "embed" in qkv.producers, cg.table()
+    else:
+        assert not qkv.scalable and "node reshape" in qkv.reason and "floordiv" in qkv.reason, cg.table()
+    plans = _random_plans(cg, 4, seed=int(embed)) + [{g.name: 2 * g.width for g in cg.scalable}]
+    checked = 0
+    for widths in plans:
+        plan = fxscale.ScalingPlan(widths=widths)
+        try:
+            plan.validate(cg)
+        except fxscale.errors.PlanError:
+            continue
+        for init in ("prune", "preserve"):
+            new = fxscale.transform(gm, plan, init, cg=cg)  # raises if verification fails
+            with torch.no_grad():
+                got, ref = new(x), model(x)
+            assert got.shape == ref.shape
+            if init == "preserve" and all(widths[g] >= cg[g].width for g in widths):
+                assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+        checked += 1
+    assert checked >= 1
+
+
+def test_window_attention_sweep_finds_no_unsound_group():
+    z = _zoo_timm()
+    for embed in (True, False):
+        x = torch.randn(2, 5, 12)
+        gm = fxscale.trace(WindowAttention(embed=embed).eval(), x)
+        assert z.unsound_groups(gm, fxscale.analyze(gm), x, "w") == []
+
+
+class ChannelsLastPad(nn.Module):
+    """Swin/DaViT window padding: a channels-last tensor padded (0, 0, l, r, t, b) keeps its channel space; a pad
+    that reaches the channel dim (``pad_channels``) freezes it, naming the pad node."""
+
+    def __init__(self, pad_channels: bool = False) -> None:
+        super().__init__()
+        self.pad_channels = pad_channels
+        self.a, self.b, self.h = nn.Conv2d(3, 8, 1), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x).permute(0, 2, 3, 1)                          # B H W C
+        y = nn.functional.pad(y, (0, 1 if self.pad_channels else 0, 0, 1, 0, 1))
+        return self.h(self.b(y) + y[..., :8] if not self.pad_channels else self.b(y[..., :8]))
+
+
+@pytest.mark.parametrize("pad_channels", [False, True])
+def test_channels_last_pad_keeps_the_channel_space_only_when_it_is_not_padded(pad_channels):
+    torch.manual_seed(0)
+    model, x = ChannelsLastPad(pad_channels).eval(), torch.randn(1, 3, 5, 5)
+    gm = fxscale.trace(model, x)
+    cg = fxscale.analyze(gm)
+    a = next(g for g in cg.groups if "a" in g.producers)
+    if pad_channels:
+        assert not a.scalable and "node pad" in a.reason, cg.table()
+    else:
+        assert a.scalable and "b" in a.producers, cg.table()
+    z = _zoo_timm()
+    assert z.unsound_groups(gm, cg, x, "p") == []
+    if cg.scalable:
+        new = fxscale.transform(gm, _uniform(cg), init="preserve")
+        with torch.no_grad():
+            ref, got = model(x), new(x)
+        assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5

@@ -68,6 +68,24 @@ def spatial_fn(ctx: Ctx, node: fx.Node) -> Any:
     return [labels[0], labels[1]] + [None] * (len(shape) - 2)
 
 
+def pad_fn(ctx: Ctx, node: fx.Node) -> Any:
+    """F.pad: a dim padded by literal (0, 0) keeps its label (channels-last layouts pad (0, 0, l, r, t, b)); any
+    other padded dim is spatial, and a channel label there is frozen; dims the pad tuple does not reach pass."""
+    labels, pads = ctx.lab(node.args[0]), _arg(node, 1, "pad")
+    if not isinstance(labels, list) or not isinstance(pads, (list, tuple)) or len(pads) % 2:
+        return spatial_fn(ctx, node)
+    out, nd = list(labels), len(labels)
+    for k in range(min(len(pads) // 2, nd)):
+        d = nd - 1 - k
+        lo, hi = pads[2 * k], pads[2 * k + 1]
+        if isinstance(lo, int) and isinstance(hi, int) and lo == 0 and hi == 0 and not isinstance(lo, bool):
+            continue
+        if out[d] is not None:
+            ctx.atoms.freeze(out[d], f"node {node.name}: channel dim used as a spatial dim")
+        out[d] = None
+    return out
+
+
 def freeze_spatial(ctx: Ctx, node: fx.Node, labels: Any) -> None:
     """A conv/pool/resize reads dims 2.. as space: a channel label that arrives there (channels-last layouts, a
     linear over a spatial dim) cannot change width, since the op mixes or resizes those positions."""

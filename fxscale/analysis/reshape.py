@@ -109,12 +109,16 @@ def reshape_labels(ctx: Ctx, node: fx.Node, src: Any, _unused: Any = None) -> An
 def _split_dim(ctx: Ctx, node: fx.Node, lab: tuple, bj: list, so: tuple, sizes: Optional[list]) -> list:
     """Factor one channel dim into several: one variable dim carries the channels, the others are fixed."""
     def variable(j: int) -> bool:
-        return sizes is not None and (isinstance(sizes[j], fx.Node) or sizes[j] == -1)
+        return sizes is not None and (sizes[j] == -1 or _channel_size(ctx, sizes[j]))
     var = [j for j in bj if variable(j)]
     if len(var) > 1:
         ctx.atoms.freeze(lab, f"node {node.name}: reshape splits a channel dim into several variable dims")
         return [None] * len(bj)
     v = var[0] if var else max(j for j in bj if so[j] > 1)
+    if not var and sizes is not None and isinstance(sizes[v], fx.Node):
+        ctx.atoms.freeze(lab, f"node {node.name}: reshape size {sizes[v].name} of a channel dim is read from a "
+                              "dim that does not follow the plan")
+        return [None] * len(bj)
     outer = math.prod(so[j] for j in bj if j < v)
     inner = math.prod(so[j] for j in bj if j > v)
     new = ctx.atoms.label(so[v], f"{node.name} factor")
@@ -124,6 +128,13 @@ def _split_dim(ctx: Ctx, node: fx.Node, lab: tuple, bj: list, so: tuple, sizes: 
         ctx.atoms.freeze(lab, f"node {node.name}: {e}")
         return [None] * len(bj)
     return [new if j == v else None for j in bj]
+
+
+def _channel_size(ctx: Ctx, s: Any) -> bool:
+    """True if a reshape size argument is an int computed in the graph from a channel width (it follows the plan
+    where the analysis ties it); an int node read from a batch, spatial or fixed dim keeps its traced value."""
+    mark = ctx.lab(s) if isinstance(s, fx.Node) else None
+    return isinstance(mark, dict) and (mark.get("size") is not None or "derived" in mark)
 
 
 def flatten_fn(ctx: Ctx, node: fx.Node) -> Any:
@@ -196,6 +207,10 @@ def tie_size_args(ctx: Ctx, node: fx.Node, out: list, sizes: Optional[list]) -> 
                                  f"node {node.name}: reshape size computed from a channel width")
             continue
         src = mark.get("size") if isinstance(mark, dict) else None
+        if src is None and isinstance(s, fx.Node) and j < len(out) and out[j] is not None:
+            ctx.atoms.freeze(out[j], f"node {node.name}: reshape size {s.name} of a channel dim is read from a dim "
+                                     "that does not follow the plan")
+            continue
         if src is None or j >= len(out):
             continue
         if out[j] is None:

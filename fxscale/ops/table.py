@@ -111,7 +111,7 @@ ROWS: list[OpRow] = [
     _f("unary", (F.softmax, F.log_softmax, torch.softmax, torch.exp, torch.rsqrt), O.passthrough, kind="elementwise"),
     _f("pool", _POOL_FNS, O.spatial_fn, kind="pool", zero=True, spatial="pool"),
     _f("interpolate", (F.interpolate,), O.spatial_fn, kind="resize", zero=True, spatial="pool"),
-    _f("pad", (F.pad,), O.spatial_fn, kind="elementwise", spatial="pool"),
+    _f("pad", (F.pad,), O.pad_fn, kind="elementwise", spatial="pool"),
     _f("getitem", (operator.getitem,), O.getitem, spatial="view", **_SAME),
     _f("flatten", (torch.flatten,), O.flatten_fn, spatial="view", identity_on=_ALL, **_SAME),
     _f("reshape", (torch.reshape,), O.view_like, spatial="view", identity_on=_ALL, **_SAME),
