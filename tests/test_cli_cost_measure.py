@@ -99,7 +99,7 @@ def test_measure_torch_text(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--target", "nope"], "valid targets: ort, torch, trtexec"),
+    (["--target", "nope"], "valid targets: hybrid, ort, torch, trtexec"),
     (["--target", "trtexec", "--trtexec", "/nonexistent/bin/trtexec"], "not found"),
     (["--widen", "1.5", "--device", "cuda:0"], "torch target only"),
 ])

@@ -135,7 +135,7 @@ CASES = [
     C("measure-threads-zero", "measure digits_vgg --threads 0", r"argument --threads: must be >= 1, got 0"),
     C("measure-statistic-unknown", "measure digits_vgg --statistic max", r"argument --statistic: invalid choice"),
     C("measure-target-unknown", "measure digits_vgg --target nope --out {w}/m.json",
-      r"--target: unknown target 'nope'; valid targets: ort, torch, trtexec"),
+      r"--target: unknown target 'nope'; valid targets: hybrid, ort, torch, trtexec"),
     C("measure-device-cuda-without-gpu", "measure digits_vgg --target torch --device cuda",
       r"--device cuda: torch sees no CUDA device on this machine; use --device cpu", skip="CUDA" if HAS_CUDA else None),
     C("measure-device-garbage", "measure digits_vgg --target torch --device gpu0", r"--device 'gpu0' is not a device"),

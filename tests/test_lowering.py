@@ -16,6 +16,7 @@ from fxscale.export import ExportError, export_onnx
 from fxscale.passes.lower import (
     ANTIALIAS,
     SDPA,
+    UNFOLD,
     LoweringError,
     antialias_matrix,
     kinds_to_lower,
@@ -179,8 +180,9 @@ def test_antialias_size_from_graph_and_factor_from_graph():
 # ------------------------------------------------------------------------------------------ when to lower
 
 def test_kinds_to_lower_follow_native_exporter_support():
-    assert kinds_to_lower(13) == (SDPA, ANTIALIAS)
-    assert kinds_to_lower(14) == kinds_to_lower(18) == (ANTIALIAS,)  # torchscript never writes the AA resize
+    assert kinds_to_lower(13) == (SDPA, ANTIALIAS, UNFOLD)
+    # torchscript never writes the AA resize, nor Tensor.unfold after a dynamic pad (timm HaloAttn)
+    assert kinds_to_lower(14) == kinds_to_lower(18) == (ANTIALIAS, UNFOLD)
     assert kinds_to_lower(13, "dynamo") == (SDPA, ANTIALIAS)
     assert kinds_to_lower(17, "dynamo") == (ANTIALIAS,) and kinds_to_lower(18, "dynamo") == ()
     x = torch.randn(1, 6, 16)

@@ -10,7 +10,7 @@
 - ``local``: minus the candidate's held-out normalised MSE on its own site.
 
 The swap is evaluated without rebuilding the graph: an Interpreter skips the site's nodes and computes the site's
-output with the candidate from the entry tensor. benchmarks/hant_digits.py measures dloss against dacc.
+output with the candidate from the entry tensor. The HANT benchmark script (hant_digits.py) measures dloss against dacc.
 """
 from __future__ import annotations
 

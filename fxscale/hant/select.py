@@ -10,7 +10,7 @@ infinitely good (the largest d_score among those wins). Ties go to the lower opt
 move improves the score. It terminates because the score strictly rises over a finite set of assemblies.
 Known weakness (kept: it is a baseline): splitting a multi-site option refills its other site with the fastest
 option there, so a split that would pay off only after a second move is never taken; on instances with many
-multi-site options greedy can end far below the optimum (benchmarks/hant_solver_speed.py --multi shows it).
+multi-site options greedy can end far below the optimum (the solver-speed benchmark with --multi shows it).
 
 Random. Draw assemblies uniformly over all exact covers of the sites (with single-site options alone: one
 option per site, uniformly and independently; a multi-site option is one assembly choice, weighted by the number
