@@ -161,7 +161,7 @@ ROWS: list[OpRow] = [
     _meth("flatten_m", ("flatten",), O.flatten_fn, spatial="view", identity_on=_ALL, **_SAME),
     _meth("reshape_m", ("view", "reshape"), O.view_like, spatial="view", identity_on=_ALL, **_SAME),
     # sizes come from the other tensor ("pool": from its own arguments, nothing for the resolution solver to
-    # re-derive; tests/test_spatial_rules.py lists the reason next to expand_as); a pure layout op
+    # re-derive; the spatial-rule tests list the reason next to expand_as); a pure layout op
     _meth("reshape_as", ("reshape_as", "view_as"), FN.reshape_as, kind="view", zero=True, spatial="pool",
           identity_on=_ALL, layout=True),
     _meth("squeeze_m", ("squeeze",), O.squeeze_unsqueeze, spatial="view", identity_on=_ALL, **_SAME),
