@@ -70,10 +70,13 @@ def next_plan(cg, plan):
     raise AssertionError(m["method"])
 
 
+ABLATIONS = ["random@hacres", "uniform@hacres"]
+
+
 def test_registry():
-    assert B.list_baselines() == METHODS
-    assert set(B.BASELINES) == set(METHODS)
-    for name in METHODS:
+    assert B.list_baselines() == sorted(METHODS + ABLATIONS)
+    assert set(B.BASELINES) == set(METHODS + ABLATIONS)
+    for name in METHODS + ABLATIONS:
         assert B.get_baseline(name) is B.BASELINES[name]
     with pytest.raises(FxscaleError) as e:
         B.get_baseline("mobilenet")
@@ -346,3 +349,54 @@ def test_knob_ladder_runs_from_the_baseline_to_the_plan(resnet, name):
     # (rung 1 may cost less than the baseline: NeuralScale-lite's fitted law at 1.0x params is not the baseline)
     keys = [(p.widths, p.resolution, p.depths) for p in ladder]
     assert all(a != b for a, b in zip(keys, keys[1:]))  # consecutive duplicates removed
+
+
+# ---- the allocation ablation (issue 11): uniform / random widths at HACScale's resolution ---------------------------
+HACRES = (10, 10)
+
+
+def _ablation(resnet, name, **kw):
+    ev = Evaluator(resnet, latency)
+    budget = Budget(latency_ms=2.0 * ev(ScalingPlan())[0])
+    plan = B.create_baseline(name, resnet, ev, budget, resolution=HACRES, align=1, **kw)
+    return ev, budget, plan
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_ablation_rows_use_the_given_resolution_and_fit_the_budget(resnet, name):
+    ev, budget, plan = _ablation(resnet, name)
+    assert tuple(plan.resolution) == HACRES and plan.meta["method"] == name
+    lat, _params = ev(plan)
+    assert lat <= budget.latency_ms and plan.meta["predicted"]["latency_ms"] == pytest.approx(lat)
+    assert any(plan.widths[g.name] > g.width for g in resnet.scalable)  # the budget leaves room: width is added
+    if name == "uniform@hacres":  # one multiplier: every group's ratio to its width agrees up to rounding
+        assert plan.meta["w"] > 1 and all(abs(plan.widths[g.name] / g.width - plan.meta["w"]) <= 1 / g.width + 1e-9
+                                          for g in resnet.scalable)
+    else:  # no group can take one more stride of kernels
+        for g in resnet.scalable:
+            wider = ScalingPlan(widths={**plan.widths, g.name: plan.widths[g.name] + 10}, resolution=HACRES)
+            assert ev(wider)[0] > budget.latency_ms
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_ablation_ladder_reaches_the_plan_at_the_resolution(resnet, name):
+    ev, budget, plan = _ablation(resnet, name)
+    ladder = B.ablation_ladder(name, resnet, ev, budget, plan, resolution=HACRES, align=1)
+    assert ladder[0].to_json() == ScalingPlan().to_json() and ladder[-1] is plan
+    lat = [ev(p)[0] for p in ladder]
+    assert all(b >= a - 1e-12 for a, b in zip(lat, lat[1:])) and lat[-1] <= budget.latency_ms
+    assert [tuple(p.resolution or (8, 8)) for p in ladder[:3]] == [(8, 8), (9, 9), HACRES]
+
+
+def test_random_ablation_is_seeded(resnet):
+    plans = [_ablation(resnet, "random@hacres", seed=s, stride=4)[2] for s in (0, 0, 1)]
+    assert plans[0].widths == plans[1].widths and plans[0].meta["steps"] == plans[1].meta["steps"]
+    assert plans[0].meta["steps"] != plans[2].meta["steps"]
+
+
+def test_ablation_rows_need_the_resolution(resnet):
+    ev = Evaluator(resnet, latency)
+    with pytest.raises(FxscaleError, match="resolution="):
+        B.create_baseline("uniform@hacres", resnet, ev, Budget(latency_ms=2 * ev(ScalingPlan())[0]))
+    with pytest.raises(PlanError, match="does not fit"):
+        B.create_baseline("random@hacres", resnet, ev, Budget(latency_ms=ev(ScalingPlan())[0]), resolution=(16, 16))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ torch.set_num_threads(1)
 TINY = dict(samples=3, sample_epochs=1, search_epochs=1, epochs=2, runs=6, warmup=2, rounds=2, stride=4,
             latency_budget="1.5x", memory_budget="3x", data_kw={"train_fraction": 0.3}, max_rounds=20, seeds=(0, 1))
 HAC = ["hacscale", "hacscale-align8", "hacscale-cost"]
+METHODS = ("uniform", "resolution", "uniform@hacres", "random@hacres")  # the @hacres rows: the allocation ablation
 ROW_FIELDS = ("method", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi", "params", "macs", "flops", "test_top1",
               "test_top1_ci", "val_top1", "per_seed", "search_compute")
 OUTPUTS = ("plan.json", "model.pt", "model.onnx", "report.md", "results.json", "widths.png",
@@ -31,7 +33,7 @@ OUTPUTS = ("plan.json", "model.pt", "model.onnx", "report.md", "results.json", "
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("scale")
     logs: list[str] = []
-    cfg = ScaleConfig(methods=("uniform", "resolution"), **TINY)
+    cfg = ScaleConfig(methods=METHODS, **TINY)
     summary = Pipeline(cfg, out, log=logs.append).run()
     return out, summary, logs
 
@@ -88,6 +90,41 @@ def test_results_rows_carry_the_reported_fields(run_dir):
         assert needle in report, needle
 
 
+def test_ablation_rows_take_hacscales_resolution_and_the_measured_budget(run_dir):
+    out, summary, _ = run_dir
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in res["methods"]}
+    hac_res = res["search"]["rows"]["hacscale"]["plan"]["resolution"]
+    for name in ("uniform@hacres", "random@hacres"):
+        row = rows[name]
+        assert res["method_plans"][name]["predicted_plan"]["resolution"] == hac_res
+        assert row["align"] == 1 and len(row["per_seed"]) == 2 and row["search_compute"]["epochs"] >= 0
+        assert name in res["comparisons"]["vs_hacscale"] and "hacscale" in res["comparisons"]["vs_baseline"]
+        bo_measured = row["accepted_ratio"]
+        assert bo_measured is None or bo_measured["high"] <= res["budget"]["latency_ratio"]
+        plan = fxscale.ScalingPlan.from_json(json.dumps(row["plan"]))
+        if bo_measured is not None and plan.widths:  # kept a width rung: it sits at HACScale's resolution
+            assert list(plan.resolution) == hac_res
+
+
+def test_local_importance_samples_with_seeds_and_a_held_out_check(tmp_path):
+    cfg = ScaleConfig(**{**TINY, "samples": 3, "sample_mode": "local", "sample_seeds": 2, "importance_holdout": 2})
+    logs: list[str] = []
+    pipe = Pipeline(cfg, tmp_path, log=logs.append)
+    pred = pipe.importance_fit((8, 8))
+    assert set(pred.fits) == {g.name for g in pipe.cg.scalable}
+    comp = pipe.importance_compute
+    assert comp["mode"] == "local" and comp["seeds"] == [0, 1] and comp["epochs"] == (3 * 2 + 2) * 1
+    check = pipe.importance_check
+    assert check["overall"]["n"] == 2 * len(pred.fits) and set(check["groups"]) == set(pred.fits)
+    assert math.isfinite(check["overall"]["mape"]) and check["overall"]["mape"] >= 0 and len(check["configs"]) == 2
+    assert any("held-out check" in line and "MAPE" in line for line in logs)
+    again = Pipeline(cfg, tmp_path, log=logs.append)
+    again.importance_fit((8, 8))
+    assert again.importance_compute["cached_samples"] == 8  # every run, held-out ones too, came from the cache
+    assert again.importance_check["overall"] == check["overall"]
+
+
 def test_hacscale_plan_respects_budgets(run_dir):
     _out, summary, _ = run_dir
     base = summary["methods"][0]
@@ -102,7 +139,7 @@ def test_hacscale_plan_respects_budgets(run_dir):
 def test_rerun_resumes_every_stage(run_dir):
     out, summary, _ = run_dir
     logs: list[str] = []
-    again = Pipeline(ScaleConfig(methods=("uniform", "resolution"), **TINY), out, log=logs.append).run()
+    again = Pipeline(ScaleConfig(methods=METHODS, **TINY), out, log=logs.append).run()
     resumed = {line.split("]")[0].strip("[") for line in logs if "resumed" in line}
     assert resumed == {"latency_model", "alpha", "search", "methods", "train", "measure"}
     assert not any("training" in line for line in logs)  # importance samples came from the cache

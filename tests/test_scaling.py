@@ -241,3 +241,50 @@ def test_compound_exponents(traced_zoo):
     assert plan.resolution == (round(64 * math.sqrt(2)),) * 2
     flops = fxscale.cost(pipe.cg, plan, mode="input").flops / fxscale.cost(pipe.cg).flops
     assert flops == pytest.approx(4.0, rel=0.1)
+
+
+# ---- importance samples around the working point and the held-out check (fxscale.scaling.samples) -----------------
+def _resnet_cg():
+    from fxscale.zoo import digits_resnet
+    torch.manual_seed(0)
+    return fxscale.analyze(fxscale.trace(digits_resnet().eval(), torch.randn(1, 1, 8, 8)))
+
+
+def test_local_configs_stay_around_the_working_point():
+    from fxscale.scaling.samples import local_configs
+    cg = _resnet_cg()
+    configs = local_configs(cg, 6, seed=3)
+    assert configs[0] == {g.name: g.width for g in cg.scalable} and len(configs) == 6
+    assert configs == local_configs(cg, 6, seed=3) and configs != local_configs(cg, 6, seed=4)
+    for c in configs[1:]:
+        for g in cg.scalable:  # x0.75..x1.25, then rounded to the divisor
+            assert 0.75 * g.width - g.divisor <= c[g.name] <= 1.25 * g.width + g.divisor and c[g.name] % g.divisor == 0
+    assert local_configs(cg, 3, seed=3, include_center=False) == configs[1:4]  # the same stream, no center
+    with pytest.raises(FxscaleError, match="spread"):
+        local_configs(cg, 2, spread=(1.1, 1.2))
+
+
+def test_prediction_check_recovers_a_perfect_and_a_biased_predictor():
+    from fxscale.scaling.samples import prediction_check
+    rng = np.random.default_rng(0)
+    laws = {"g0": PowerLaw(2.0, -1.0, 1, 1, 5), "g1": PowerLaw(0.5, -2.0, 1, 1, 5)}
+    held = [Importance({}, {g: law(w) for g, law in laws.items()}, {"g0": w, "g1": w + 3}) for w in
+            rng.integers(8, 40, size=6).tolist()]
+    for s in held:  # widths differ per group: measure each at its own width
+        s.groups = {g: laws[g](s.widths[g]) for g in laws}
+    exact = prediction_check(ImportancePredictor(laws), held)
+    assert exact["overall"]["r2_log"] == pytest.approx(1.0) and exact["overall"]["mape"] == pytest.approx(0, abs=1e-9)
+    assert exact["overall"]["n"] == 12 and set(exact["groups"]) == {"g0", "g1"}
+    biased = {g: PowerLaw(law.a * 1.5, law.b, 1, 1, 5) for g, law in laws.items()}
+    off = prediction_check(ImportancePredictor(biased), held)
+    assert off["overall"]["mape"] == pytest.approx(50.0) and off["overall"]["median_ratio"] == pytest.approx(1.5)
+    assert off["overall"]["r2_log"] < 1.0
+    with pytest.raises(FxscaleError, match="held-out"):
+        prediction_check(ImportancePredictor(laws), [])
+
+
+def test_sampling_settings_are_checked():
+    for kw, needle in (({"sample_mode": "everywhere"}, "sample_mode"), ({"sample_seeds": 0}, "sample_seeds"),
+                       ({"importance_holdout": -1}, "importance_holdout")):
+        with pytest.raises(PlanError, match=needle):
+            ScaleConfig(**kw).validate()

@@ -10,7 +10,7 @@ import torch
 
 from fxscale.scaling.pipeline import Pipeline, ScaleConfig
 from fxscale.scaling.stages import load_weights, save_weights, stage_cached
-from test_pipeline import TINY, run_dir  # noqa: F401 - the module-scoped pipeline run is reused
+from test_pipeline import METHODS, TINY, run_dir  # noqa: F401 - the module-scoped pipeline run is reused
 
 torch.set_num_threads(1)
 
@@ -20,7 +20,7 @@ class Evil:
 
 
 def _cfg() -> ScaleConfig:
-    return ScaleConfig(methods=("uniform", "resolution"), **TINY)
+    return ScaleConfig(methods=METHODS, **TINY)
 
 
 def test_corrupt_stage_file_is_named_and_recomputed(tmp_path):

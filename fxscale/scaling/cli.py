@@ -52,6 +52,8 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        memory_budget=None if str(args.memory_budget).lower() == "none" else args.memory_budget,
                        flops_scale=args.flops_scale, alphas=args.alphas if args.alphas is not None else d.alphas,
                        alpha=args.alpha, samples=args.samples, sample_epochs=args.sample_epochs,
+                       sample_mode=args.sample_mode, sample_seeds=args.sample_seeds,
+                       importance_holdout=args.importance_holdout,
                        search_epochs=args.search_epochs, epochs=args.epochs, rule=args.rule, stride=args.stride,
                        align=args.align, methods=_names(args.methods) if args.methods is not None else d.methods,
                        seeds=tuple(range(max(args.seeds, 0))), lr=args.lr, batch_size=args.batch_size,
@@ -121,6 +123,12 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=finite_float, default=None, help="use this alpha in (0, 1) and skip the search")
     p.add_argument("--samples", type=_int, default=d.samples, help="width configurations for the importance fit (>= 2)")
     p.add_argument("--sample-epochs", type=_int, default=d.sample_epochs, help="epochs per sampled configuration")
+    p.add_argument("--sample-mode", choices=("grid", "local"), default=d.sample_mode,
+                   help="importance samples: grid (0.5x..2x, default) or local (x0.75..x1.25 per group around the "
+                        "working point)")
+    p.add_argument("--sample-seeds", type=_int, default=d.sample_seeds, help="training seeds per sampled configuration")
+    p.add_argument("--importance-holdout", type=_int, default=d.importance_holdout,
+                   help="held-out configurations to check the importance fit on (R² of log importance, MAPE; 0: none)")
     p.add_argument("--search-epochs", type=_int, default=d.search_epochs, help="epochs per alpha candidate")
     p.add_argument("--epochs", type=_int, default=d.epochs, help="epochs of the final trainings")
     p.add_argument("--rule", choices=RULES, default=d.rule, help="rule of the hacscale row; paper (default): argmax "

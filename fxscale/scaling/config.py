@@ -42,6 +42,9 @@ class ScaleConfig:
     alpha: Optional[float] = None  # skip the alpha search
     samples: int = 8  # importance-predictor width configurations
     sample_epochs: int = 4
+    sample_mode: str = "grid"  # importance samples: "grid" (0.5x..2x) or "local" (x0.75..x1.25 per group), scaling.samples
+    sample_seeds: int = 1  # training seeds per sampled configuration (each run is one sample of the fit)
+    importance_holdout: int = 0  # held-out local configurations to check the fit on (R² of log I, MAPE); 0: none
     search_epochs: int = 8
     epochs: int = 20
     rule: str = "paper"
@@ -90,7 +93,8 @@ class ScaleConfig:
                     raise PlanError(f"{lab(name)}: alpha must lie in (0, 1), got {a} (alpha=0 is width-only, "
                                     "1 resolution-only)")
         ints = [("samples", 2, "to fit a power law"), ("epochs", 1, ""), ("search_epochs", 1, ""),
-                ("sample_epochs", 1, ""), ("stride", 1, "kernels added per step"), ("align", 1, "channels"), ("baseline_align", 1, "channels"),
+                ("sample_epochs", 1, ""), ("sample_seeds", 1, "training seeds per sample"),
+                ("importance_holdout", 0, "held-out configurations"), ("stride", 1, "kernels added per step"), ("align", 1, "channels"), ("baseline_align", 1, "channels"),
                 ("batch_size", 1, "images"), ("runs", 1, "timed runs"), ("warmup", 0, "runs"), ("rounds", 1, ""),
                 ("threads", 1, ""), ("max_rounds", 6, "interleaved rounds (>= 6 for a 95% interval)")]
         for name, low, what in ints:
@@ -100,6 +104,8 @@ class ScaleConfig:
         checks = [(self.flops_scale > 0, f"{lab('flops_scale')} must be > 0, got {self.flops_scale}"),
                   (self.lr > 0, f"{lab('lr')} must be > 0, got {self.lr}"),
                   (self.rule in RULES, f"{lab('rule')} must be one of {RULES}, got {self.rule!r}"),
+                  (self.sample_mode in ("grid", "local"),
+                   f"{lab('sample_mode')} must be one of grid, local, got {self.sample_mode!r}"),
                   (bool(self.seeds), f"{lab('seeds')} must not be empty"),
                   (0 < self.ci_halfwidth < 1, f"{lab('ci_halfwidth')} must lie in (0, 1), got {self.ci_halfwidth}"),
                   (0 < self.flops_tol < 1, f"{lab('flops_tol')} must lie in (0, 1), got {self.flops_tol}"),

@@ -13,7 +13,6 @@ import math
 import os
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,13 +29,7 @@ from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import Budget, Evaluator, bisect_max, scaled_resolution, uniform_widths
 from fxscale.scaling.config import METHOD_NAMES, ScaleConfig, budget_limit
 from fxscale.scaling.greedy import RULES, importance_aware_widths
-from fxscale.scaling.importance import Importance, importance
-from fxscale.scaling.powerlaw import (
-    POOR_R2,
-    ImportancePredictor,
-    fit_predictor,
-    sample_configs,
-)
+from fxscale.scaling.powerlaw import ImportancePredictor
 from fxscale.scaling.stages import (  # noqa: F401 - STAGES and friends are re-exported
     STAGES,
     UNKEYED,
@@ -231,49 +224,10 @@ class Pipeline:
         return plan
 
     def importance_fit(self, resolution: tuple[int, int]) -> ImportancePredictor:
-        """Sample width configurations, train briefly, measure Taylor importance, fit I = a*C^b per group."""
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        configs = sample_configs(self.cg, cfg.samples, seed=cfg.seeds[0])
-        cache = self.out / "cache" / "importance"
-        samples: list[Importance] = []
-        todo = []
-        for widths in configs:
-            plan = ScalingPlan(widths=widths, resolution=resolution)
-            key = self._key("importance_sample", extra=plan.to_json())
-            path = cache / f"{key}.json"
-            if path.exists():
-                samples.append(Importance.from_dict(json.loads(path.read_text())))
-            else:
-                todo.append((path, plan))
-        if todo:
-            self.log(f"[importance] training {len(todo)} of {len(configs)} sampled width configurations "
-                     f"({len(configs) - len(todo)} cached)")
-            outs = self.train_many([(str(p), plan, cfg.seeds[0]) for p, plan in todo], cfg.sample_epochs)
-            for (path, plan), o in zip(todo, outs):
-                model = self.build(plan)
-                model.load_state_dict(o.state_dict)
-                imp = importance(model, self.bundle, batches=8, batch_size=cfg.batch_size,
-                                 resolution=self.resolution_of(plan))
-                missing = sorted(set(plan.widths) - set(imp.groups))
-                if missing:
-                    raise FxscaleError(f"importance of the sampled model has no groups {missing}")
-                cache.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, json.dumps(imp.to_dict()))
-                samples.append(imp)
-        base = {g.name: g.width for g in self.cg.scalable}
-        self.base_importance = next((s.channels for s in samples if s.widths == base), None)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pred = fit_predictor(samples)
-        for w in caught:
-            self.log(f"[importance] warning: {w.message}")
-        self.importance_compute = {"epochs": len(configs) * cfg.sample_epochs, "wall_s": time.perf_counter() - t0,
-                                   "cached_samples": len(configs) - len(todo)}
-        if pred.poorly_fit():
-            self.log(f"[importance] warning: poorly fitted groups (log-space R² < {POOR_R2}): "
-                     f"{', '.join(pred.poorly_fit())}")
-        return pred
+        """Sample width configurations (cfg.sample_mode), train, measure Taylor importance, fit I = a*C^b per group;
+        with cfg.importance_holdout, check the fit on held-out configurations (fxscale.scaling.samples)."""
+        from fxscale.scaling.samples import sample_and_fit
+        return sample_and_fit(self, resolution)
 
     def run(self) -> dict[str, Any]:
         """Every stage in order; returns the results dict also written to results.json."""
@@ -310,7 +264,8 @@ class Pipeline:
         summary = {"config": asdict(self.cfg), "alpha": alpha, "search": search, "methods": rows,
                    "method_plans": methods,  # each comparison method's predicted plan and measured back-off
                    "hacscale_choice": choice, "comparisons": comparisons(rows, cfg.seeds),
-                   "importance": pred.to_dict(), "latency_model": lat_model.to_dict(),
+                   "importance": pred.to_dict(), "importance_check": getattr(self, "importance_check", None),
+                   "importance_sampling": getattr(self, "importance_compute", None), "latency_model": lat_model.to_dict(),
                    "baseline_predicted_ms": base_pred, "budget": {**asdict(budget), "latency_ratio": ratio},
                    "conventions": {"flops": "flops = 2 x macs (multiply-accumulates); the paper's Table I 'FLOPs' "
                                    "column counts MACs", "latency_ratio": "median over interleaved rounds of the "

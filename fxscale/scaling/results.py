@@ -25,8 +25,13 @@ def _compute(name: str, search: dict[str, Any], methods: dict[str, Any], alpha: 
         return {"epochs": 0, "wall_s": 0.0, "what": "none"}
     if name in methods:
         bo = methods[name].get("backoff") or {}
-        return {"epochs": 0, "wall_s": methods[name]["wall_s"], "backoff_wall_s": bo.get("wall_s", 0.0),
-                "what": "knob search on the latency model + measured back-off"}
+        out = {"epochs": 0, "wall_s": methods[name]["wall_s"], "backoff_wall_s": bo.get("wall_s", 0.0),
+               "what": "knob search on the latency model + measured back-off"}
+        if "@hacres" in name:  # the ablation rows reuse HACScale's resolution, so its alpha search too
+            out.update(epochs=alpha.get("epochs", 0), wall_s=out["wall_s"] + alpha.get("wall_s", 0.0),
+                       what="HACScale's alpha search (its resolution) + width allocation on the latency model + "
+                            "measured back-off")
+        return out
     row = search["rows"][name]
     return {"epochs": alpha.get("epochs", 0) + importance.get("epochs", 0),
             "wall_s": alpha.get("wall_s", 0.0) + importance.get("wall_s", 0.0) + search.get("setup_wall_s", 0.0)
@@ -50,7 +55,7 @@ def method_rows(pipe: Any, plans: dict[str, Any], results: dict[str, Any], meas:
         mean, lo, hi = mean_ci(test)
         v = search["rows"].get(name, {})
         row = {"method": name, "plan": p, "rule": v.get("rule"), "stride": v.get("stride"),
-               "align": v.get("align", 1 if name == "baseline" else pipe.cfg.baseline_align), "params": c.params, "macs": c.macs, "flops": c.flops,
+               "align": v.get("align", methods.get(name, {}).get("align", 1 if name == "baseline" else pipe.cfg.baseline_align)), "params": c.params, "macs": c.macs, "flops": c.flops,
                "latency_ms": m["median"], "latency_p10": m["p10"], "latency_p90": m["p90"],
                "latency_ratio": m["ratio"]["ratio"], "latency_ratio_lo": m["ratio"]["low"],
                "latency_ratio_hi": m["ratio"]["high"], "latency_ratio_rounds": m["ratio"]["rounds"],

@@ -19,7 +19,8 @@ import torch
 # "timing", "training" and "budget" are shared settings / derived values with keys but no stage file.
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "input": (("model", "data", "data_kw", "leaf"), ()),  # the traced model and dataset every stage works on
-    "timing": (("target", "threads", "runs", "warmup", "rounds", "trtexec"), ()),  # Pipeline.measure
+    "timing": (("target", "threads", "runs", "warmup", "rounds", "trtexec", "inference_plan"),
+               ()),  # Pipeline.measure (target "hybrid" times each model under the inference plan)
     "training": (("batch_size", "lr", "seeds", "device", "start", "weights", "warm_fraction", "noise", "distill"),
                  ()),  # Pipeline.train_cfg (seeds[0] for searches); start=trained: every training starts warm
     "backoff": (("ci_halfwidth", "max_rounds"), ()),  # measured acceptance (scaling.backoff) of every method
@@ -28,7 +29,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "alpha": (("alphas", "alpha", "flops_scale", "align", "search_epochs", "search_s", "flops_tol"),
               ("input", "training", "budget")),  # s is searched against the budget
     "importance_sample": (("sample_epochs",), ("input", "training")),  # one sampled width configuration
-    "importance": (("samples",), ("importance_sample", "alpha")),  # sampled at the alpha's resolution
+    "importance": (("samples", "sample_mode", "sample_seeds", "importance_holdout"),
+                   ("importance_sample", "alpha")),  # sampled at the alpha's resolution (scaling.samples)
     "search": (("rule", "stride", "align", "variants"), ("latency_model", "budget", "alpha", "importance", "timing",
                                                           "backoff")),
     "methods": (("methods", "baseline_align", "flops_scale"), ("latency_model", "budget", "importance", "backoff")),

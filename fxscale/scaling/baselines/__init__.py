@@ -28,6 +28,8 @@ Methods (``list_baselines()``):
   ``ceil(n * d)`` (their ``round_repeats``).
 - ``dollar``: Dollar et al. fast compound scaling, d * w^2 * r^2 = s with alpha = 0.8: w = s^(alpha/2),
   d = r = s^((1 - alpha)/3), depth ``round(n * d)``.
+- ``uniform@hacres``, ``random@hacres``: the ablation rows (``ablation``): uniform / seeded random per-group widths
+  at HACScale's chosen resolution (they also take ``resolution=``, and the random row ``seed=`` and ``stride=``).
 - ``neuralscale-lite``: after Lee & Lee 2020, *not* the published method (which prunes a trained net iteratively
   with rescoring after fine-tunes and runs architecture-descent iterations). Iterative global pruning by per-channel importance, simulated with the cost
   model (no retraining, so the scores stay fixed), records (total params, per-group widths) at parameter
@@ -51,6 +53,14 @@ import torch
 
 from fxscale.analysis.graph import ChannelGraph
 from fxscale.plan import ScalingPlan
+from fxscale.scaling.baselines.ablation import (
+    ABLATION_FNS,
+    ABLATIONS,
+    ablation_ladder,
+    random_at_resolution,
+    resolution_ramp,
+    uniform_at_resolution,
+)
 from fxscale.scaling.baselines.neuralscale import (
     NEURALSCALE_FRACTIONS,
     default_channel_scores,
@@ -103,6 +113,8 @@ def baseline_fn(row: Knob) -> BaselineFn:
 
 for _row in TABLE.values():
     register_baseline(_row.name)(baseline_fn(_row))
+for _name, _fn in ABLATION_FNS.items():  # these also need resolution= (HACScale's), see baselines.ablation
+    register_baseline(_name)(_fn)
 
 uniform = BASELINES["uniform"]
 resolution = BASELINES["resolution"]
@@ -111,7 +123,8 @@ efficientnet = BASELINES["efficientnet"]
 dollar = BASELINES["dollar"]
 neuralscale_lite = BASELINES["neuralscale-lite"]
 
-__all__ = ["BASELINES", "BISECT_STEPS", "BaselineFn", "DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA",
+__all__ = ["ABLATIONS", "ABLATION_FNS", "ablation_ladder", "random_at_resolution", "resolution_ramp",
+           "uniform_at_resolution", "BASELINES", "BISECT_STEPS", "BaselineFn", "DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA",
            "EFFICIENTNET_GAMMA", "Knob", "MAX_DEPTH_ROUNDS", "MAX_PARAMS_RATIO", "MAX_PHI", "MAX_RESOLUTION", "MAX_S",
            "MAX_WIDTH", "NEURALSCALE_FRACTIONS", "Search", "TABLE", "baseline_fn", "compound_plan", "create_baseline",
            "default_channel_scores", "depth", "depth_plan", "dollar", "dollar_factors", "efficientnet", "fit_neuralscale",

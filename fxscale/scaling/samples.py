@@ -1,0 +1,160 @@
+"""Importance samples for the power-law fit, and a held-out check of the fitted predictor (issue 11, item 2).
+
+Sampling modes (``ScaleConfig.sample_mode``):
+
+- ``"grid"`` (the default, as before): uniform multipliers 0.5, 0.75, 1, 1.5, 2 of every group, then random
+  per-group configurations with multipliers log-uniform in [0.5, 2] (``powerlaw.sample_configs``).
+- ``"local"``: around the working point (the traced widths at the alpha's resolution, where Algorithm 1 starts):
+  the working point itself, then configurations whose every group's width is the working width times a
+  multiplier drawn log-uniformly from [0.75, 1.25] independently per group (``local_configs``), so a group's
+  width varies while the others stay near where the search will use them.
+
+Each configuration is trained ``sample_seeds`` times (training seeds seeds[0], seeds[0] + 1, ...), each run
+giving one sample; the fit sees every run. Training length: ``sample_epochs`` with the cosine schedule of every
+other training (not a convergence test; compare the validation curves in the sample records to judge it).
+
+Held-out check (``importance_holdout`` > 0): that many further local configurations (another seed stream, never
+used in the fit) are trained and scored the same way; ``prediction_check`` compares the predictor's per-kernel
+importance with the measured one over every (configuration, group): R² of log importance and the mean absolute
+percentage error, overall and per group. It lands in results.json as ``importance_check``.
+
+What a "layer" is here: importance is per channel *group* (``fxscale.analysis``): channels tied across layers
+(a residual stream's producers, concatenations) form one group, and one kernel of a group is every parameter slice
+that selects that channel in all its producers and followers, so a tied group's per-kernel importance sums over
+all of them (``fxscale.scaling.importance``). No per-producer normalisation is applied.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from fxscale.analysis.graph import ChannelGraph
+from fxscale.errors import FxscaleError
+from fxscale.plan import ScalingPlan
+from fxscale.scaling.budget import round_width
+
+SAMPLE_MODES = ("grid", "local")
+LOCAL_SPREAD = (0.75, 1.25)
+HOLDOUT_SEED = 1000  # held-out configurations: seed + HOLDOUT_SEED, a stream the fitted samples never use
+
+
+def local_configs(cg: ChannelGraph, k: int, seed: int = 0, around: Optional[Mapping[str, int]] = None,
+                  spread: tuple[float, float] = LOCAL_SPREAD, include_center: bool = True) -> list[dict[str, int]]:
+    """k width configurations around `around` (default: the traced widths): the center first (when included), then
+    every group times a multiplier log-uniform in `spread`, drawn independently per group (seeded)."""
+    if k < 1:
+        raise FxscaleError(f"local_configs needs k >= 1, got {k}")
+    if not 0 < spread[0] <= 1 <= spread[1]:
+        raise FxscaleError(f"spread must satisfy 0 < low <= 1 <= high, got {spread}")
+    center = {g.name: int((around or {}).get(g.name, g.width)) for g in cg.scalable}
+    rng = random.Random(seed)
+    lo, hi = math.log(spread[0]), math.log(spread[1])
+    out = [dict(center)] if include_center else []
+    while len(out) < k:
+        out.append({g.name: round_width(center[g.name] * math.exp(rng.uniform(lo, hi)), g.divisor)
+                    for g in cg.scalable})
+    return out
+
+
+def prediction_check(pred: Any, samples: Sequence[Any]) -> dict[str, Any]:
+    """Predicted vs measured per-kernel importance over held-out samples: R² of log I and MAPE, overall and per group."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for s in samples:
+        for g, measured in s.groups.items():
+            if g in getattr(pred, "fits", {}) and measured > 0 and g in s.widths:
+                pairs.setdefault(g, []).append((float(pred(g, s.widths[g])), float(measured)))
+    if not pairs:
+        raise FxscaleError("no held-out importance to check the predictor against")
+
+    def stats(pts: Sequence[tuple[float, float]]) -> dict[str, float]:
+        p = np.array([a for a, _ in pts])
+        m = np.array([b for _, b in pts])
+        lp, lm = np.log(np.maximum(p, 1e-300)), np.log(m)
+        ss = float(((lm - lm.mean()) ** 2).sum())
+        r2 = 1.0 - float(((lm - lp) ** 2).sum()) / ss if ss > 0 else float("nan")
+        return {"r2_log": r2, "mape": float(np.mean(np.abs(p - m) / m) * 100), "n": len(pts),
+                "median_ratio": float(np.median(p / m))}
+    every = [pt for pts in pairs.values() for pt in pts]
+    return {"overall": stats(every), "groups": {g: stats(p) for g, p in sorted(pairs.items())},
+            "what": "per-kernel importance a*C^b predicted by the fit vs Taylor importance measured on held-out "
+                    "configurations never used in the fit; r2_log: R² of log importance; mape in %"}
+
+
+def train_samples(pipe: Any, configs: Sequence[Mapping[str, int]], resolution: tuple[int, int],
+                  seeds: Sequence[int], tag: str) -> tuple[list[Any], int]:
+    """Importance of each (configuration, seed) at `resolution`, cached per run; returns samples, runs trained."""
+    from fxscale.scaling.importance import Importance, importance
+    from fxscale.scaling.stages import atomic_write
+    cfg = pipe.cfg
+    cache = pipe.out / "cache" / "importance"
+    samples: dict[int, Any] = {}
+    todo = []
+    jobs = [(ScalingPlan(widths=dict(w), resolution=resolution), s) for w in configs for s in seeds]
+    for i, (plan, seed) in enumerate(jobs):
+        extra = plan.to_json() if seed == cfg.seeds[0] else {"plan": plan.to_json(), "seed": seed}
+        path = cache / f"{pipe._key('importance_sample', extra=extra)}.json"
+        if path.exists():
+            samples[i] = Importance.from_dict(json.loads(path.read_text()))
+        else:
+            todo.append((i, path, plan, seed))
+    if todo:
+        pipe.log(f"[importance] training {len(todo)} of {len(jobs)} {tag} runs ({len(jobs) - len(todo)} cached)")
+        outs = pipe.train_many([(str(p), plan, seed) for _i, p, plan, seed in todo], cfg.sample_epochs)
+        for (i, path, plan, _seed), o in zip(todo, outs):
+            model = pipe.build(plan)
+            model.load_state_dict(o.state_dict)
+            imp = importance(model, pipe.bundle, batches=8, batch_size=cfg.batch_size,
+                             resolution=pipe.resolution_of(plan))
+            missing = sorted(set(plan.widths) - set(imp.groups))
+            if missing:
+                raise FxscaleError(f"importance of the sampled model has no groups {missing}")
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(imp.to_dict()))
+            samples[i] = imp
+    return [samples[i] for i in range(len(jobs))], len(todo)
+
+
+def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
+    """The importance stage of Pipeline: sample configurations (by cfg.sample_mode), train, score, fit, check."""
+    import warnings
+
+    from fxscale.scaling.powerlaw import POOR_R2, fit_predictor, sample_configs
+    cfg = pipe.cfg
+    t0 = time.perf_counter()
+    seeds = [cfg.seeds[0] + i for i in range(cfg.sample_seeds)]
+    configs = (local_configs(pipe.cg, cfg.samples, seed=cfg.seeds[0]) if cfg.sample_mode == "local"
+               else sample_configs(pipe.cg, cfg.samples, seed=cfg.seeds[0]))
+    samples, trained = train_samples(pipe, configs, resolution, seeds, "sampled width configuration")
+    base = {g.name: g.width for g in pipe.cg.scalable}
+    pipe.base_importance = next((s.channels for s in samples if s.widths == base), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = fit_predictor(samples)
+    for w in caught:
+        pipe.log(f"[importance] warning: {w.message}")
+    runs = len(samples)
+    pipe.importance_check = None
+    if cfg.importance_holdout:
+        held_cfgs = local_configs(pipe.cg, cfg.importance_holdout, seed=cfg.seeds[0] + HOLDOUT_SEED,
+                                  include_center=False)
+        held, n = train_samples(pipe, held_cfgs, resolution, seeds[:1], "held-out configuration")
+        trained, runs = trained + n, runs + len(held)
+        pipe.importance_check = {**prediction_check(pred, held), "configs": held_cfgs}
+        o = pipe.importance_check["overall"]
+        pipe.log(f"[importance] held-out check on {len(held)} configurations: R² (log) {o['r2_log']:.3f}, "
+                 f"MAPE {o['mape']:.1f}%")
+    pipe.importance_compute = {"epochs": runs * cfg.sample_epochs, "wall_s": time.perf_counter() - t0,
+                               "cached_samples": runs - trained, "mode": cfg.sample_mode, "seeds": seeds}
+    if pred.poorly_fit():
+        pipe.log(f"[importance] warning: poorly fitted groups (log-space R² < {POOR_R2}): "
+                 f"{', '.join(pred.poorly_fit())}")
+    return pred
+
+
+__all__ = ["HOLDOUT_SEED", "LOCAL_SPREAD", "SAMPLE_MODES", "local_configs", "prediction_check", "sample_and_fit",
+           "train_samples"]
