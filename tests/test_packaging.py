@@ -108,7 +108,9 @@ def test_no_run_time_path_outside_the_package():
             assert outside not in text, f"fxscale/{rel} refers to {outside} outside the package"
         if "__file__" in text or "importlib.resources" in text:
             readers.add(rel)
-    assert readers == {"hw/jetson.py"}
+    # hw/jetson.py copies the board-side modules; executor.py ships the installed package folder itself to Ray
+    # workers (runtime_env py_modules), not a data file
+    assert readers == {"hw/jetson.py", "executor.py"}
 
 
 # ------------------------------------------------------------------------------------------------- extras
