@@ -54,8 +54,8 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
             f"Scores: Spearman rank correlation of dloss and dacc over {score_info['pairs']} pairs: "
             f"{score_info['spearman_dloss_dacc']:.3f}.", "",
             "## Not done here", "",
-            "- TODO: the HACScale-shrunk teacher baseline and accelerate-then-scale (HANT frees latency, HACScale "
-            "spends it on width/resolution) are not implemented in this run.", ""]
+            "- Not implemented in fxscale yet: the HACScale-shrunk teacher baseline and accelerate-then-scale "
+            "(HANT frees latency, HACScale spends it on width/resolution).", ""]
     return "\n".join(out)
 
 
