@@ -159,6 +159,20 @@ def test_backend_matches_eager(name, net):
                 assert g.is_contiguous(memory_format=fmt), (name, g.stride())
 
 
+@pytest.mark.parametrize("name", [pytest.param(b, marks=[pytest.mark.slow] if b == "inductor" else [])
+                                  for b in AVAILABLE])
+def test_backend_takes_a_misaligned_view_as_input(name):
+    """A partition's input can be a view at an odd offset (a chunk of a split, a slice): TVM's DLPack import needs
+    64-byte alignment, every backend must accept it."""
+    gm, (x,) = _case("linear")
+    big = torch.randn(x.numel() + 1)
+    view = big[1:].view_as(x)  # 4 bytes past an aligned allocation
+    assert view.data_ptr() % 64 != 0
+    fn = create_backend(name).compile(gm, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(fn(view), gm(view), rtol=0, atol=TOL[name] * max(1.0, float(gm(view).abs().max())))
+
+
 def test_channels_last_accepts_either_layout_and_returns_channels_last():
     gm, (x,) = _case("conv_bn_relu")
     fn = create_backend("channels_last").compile(gm, (x,))

@@ -114,8 +114,14 @@ class TvmBackend(BackendBase):
         main = vm["main"]
         from_dlpack = tvm.runtime.from_dlpack
 
+        def aligned(a: torch.Tensor) -> torch.Tensor:
+            """TVM's DLPack import needs 64-byte aligned data: a view into another tensor (a slice, a chunk of a
+            split, an output of the previous partition) is copied into a fresh allocation when it is not."""
+            a = a.detach().contiguous()
+            return a if a.data_ptr() % 64 == 0 else a.clone()
+
         def run(*args: torch.Tensor) -> Any:
-            out = main(*(from_dlpack(a.detach().contiguous()) for a in args))
+            out = main(*(from_dlpack(aligned(a)) for a in args))
             flat = list(out) if not hasattr(out, "numpy") else [out]
             return pytree.tree_unflatten([torch.from_dlpack(t) for t in flat], spec)
 
