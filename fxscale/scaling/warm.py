@@ -195,16 +195,8 @@ def warm_start(baseline: nn.Module, plan: ScalingPlan, *, noise: float = 0.0, bn
 @torch.no_grad()
 def output_drift(model: nn.Module, reference: nn.Module, x: torch.Tensor, x_ref: Optional[torch.Tensor] = None) -> Drift:
     """Drift of model(x) from reference(x_ref or x), both in eval mode (their modes are restored)."""
-    outs = []
-    for m, inp in ((model, x), (reference, x if x_ref is None else x_ref)):
-        was = m.training
-        m.eval()
-        try:
-            out = m(inp)
-        finally:
-            m.train(was)
-        outs.append(out if isinstance(out, torch.Tensor) else out[0])
-    y, ref = outs
+    from fxscale.train_kd import teacher_logits  # eval-mode logits, the module's mode restored
+    y, ref = teacher_logits(model, x), teacher_logits(reference, x if x_ref is None else x_ref)
     diff = float((y - ref).abs().max())
     scale = float(ref.abs().max())
     agree = float((y.argmax(1) == ref.argmax(1)).double().mean()) if y.dim() == 2 else float("nan")
