@@ -54,7 +54,8 @@ FIELDS = ("model", "status", "stage", "reason", "size", "new_size", "groups", "s
           "trace_ms",
           "analyze_ms", "transform_ms", "forward_ms", "onnx_ms", "onnx_max_abs_diff", "onnx_rel_diff", "seconds",
           "tp_status", "tp_dg_ms", "tp_prune_ms", "ratio_analyze_tp_dg", "ratio_transform_tp_prune",
-          "unsound", "unsound_groups", "cost_rel_diff", "cost_ok", "onnx_recalibrated")
+          "unsound", "unsound_groups", "cost_rel_diff", "cost_ok", "onnx_recalibrated", "exact_claimed",
+          "exact_reason")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -328,6 +329,10 @@ def summary(rows: Sequence[dict[str, Any]], tp: bool) -> str:
     text = f"{len(ok)}/{len(rows)} models pass every stage ({refused} of them ok-refused at resolution)"
     if any("unsound" in r for r in rows):
         text += f"; unsound groups {sum(int(r.get('unsound') or 0) for r in rows)} in total"
+    claims = [r for r in rows if r.get("exact_claimed") not in (None, "")]
+    if claims:
+        held = [r for r in claims if str(r["exact_claimed"]) == "True"]
+        text += f"; preserve claimed exact on {len(held)}/{len(claims)} widen plans (each claim checked in float64)"
     costs = [r for r in rows if "cost_ok" in r]
     if costs:
         text += f"; cost model = FlopCounterMode on {sum(r['cost_ok'] is True for r in costs)}/{len(costs)}"

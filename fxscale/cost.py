@@ -129,20 +129,20 @@ class CostModel:
     def __post_init__(self) -> None:
         traced = self.cg.gm.meta[META].get("resolution")
         if self.resolution is not None and tuple(self.resolution) != tuple(traced or ()):
-            graph = _resolution_graph(self.cg, tuple(self.resolution), self.mode)
+            gm = _resolution_gm(self.cg, tuple(self.resolution), self.mode)
         else:
-            graph = self.cg.gm.graph
+            gm = self.cg.gm
             self.resolution = tuple(traced) if traced else None
-        self._compile(graph)
+        self._compile(gm)
 
     # ---- compile --------------------------------------------------------------------------------------
-    def _compile(self, graph: fx.Graph) -> None:
+    def _compile(self, gm: fx.GraphModule) -> None:
         at = self.cg.ctx.atoms
         labels = {n.name: n.meta.get(META, {}).get("labels") for n in self.cg.gm.graph.nodes}
-        ptmpl = _param_templates(self.cg)
+        ptmpl = _param_templates(self.cg, gm)
         owned: set[str] = set()
         uncosted: dict[str, list[str]] = {}
-        for node in graph.nodes:
+        for node in gm.graph.nodes:
             if node.op in ("placeholder", "output"):
                 continue
             lab = labels.get(node.name) if node.name in labels else _inherit(node, labels)
@@ -259,7 +259,10 @@ def _first_tensor_shape(shape: Any) -> Optional[tuple]:
 
 
 def _template(at: Any, shape: Any, labels: Any) -> Optional[list[Dim]]:
-    """Per-dim template of a tensor: ints for fixed dims, expanded labels for channel dims."""
+    """Per-dim template of a tensor: ints for fixed dims, expanded labels for channel dims.
+
+    A labelled dim whose traced width differs from its size at the costed resolution (a token count labelled
+    by the analysis, frozen because it follows the resolution) is a fixed size there, not a channel width."""
     shape = _first_tensor_shape(shape)
     if shape is None:
         return None
@@ -267,7 +270,11 @@ def _template(at: Any, shape: Any, labels: Any) -> Optional[list[Dim]]:
         labels = labels[0]
     if not isinstance(labels, list) or len(labels) != len(shape):
         return list(shape)
-    return [s if lab is None else tuple((p.atom, p.inner) for p in at.expand(lab)) for s, lab in zip(shape, labels)]
+    out: list[Dim] = []
+    for s, lab in zip(shape, labels):
+        parts = None if lab is None else tuple((p.atom, p.inner) for p in at.expand(lab))
+        out.append(s if parts is None or _width(at, parts) != s else parts)
+    return out
 
 
 def _is_label(x: Any) -> bool:
@@ -312,6 +319,8 @@ def _leaf_macs(mod: torch.nn.Module, node: fx.Node) -> Optional[int]:
     def zeros(a: Any) -> Any:
         if not isinstance(a, fx.Node):
             return a
+        if "value" in a.meta.get(META, {}):  # a size read off a shape during shape propagation
+            return a.meta[META]["value"]
         shape = _first_tensor_shape(a.meta.get(META, {}).get("shape"))
         if shape is None:
             raise ValueError(f"{a.name} has no tensor shape")
@@ -331,30 +340,30 @@ def _leaf_macs(mod: torch.nn.Module, node: fx.Node) -> Optional[int]:
             m.train(training)
 
 
-def _param_templates(cg: ChannelGraph) -> dict[str, list[Dim]]:
-    """Every parameter of the eval model (by path) with its channel dims as labels."""
+def _param_templates(cg: ChannelGraph, gm: fx.GraphModule) -> dict[str, list[Dim]]:
+    """Every parameter of ``gm`` (the eval model, or it at the costed resolution; by path) with its channel dims
+    as labels (a dim the resolution resized, such as a position-embedding table's, stays a fixed size)."""
     at = cg.ctx.atoms
     dims: dict[str, dict[int, Any]] = {}
     for use in cg.ctx.uses.values():
         for pname, d in use.params.items():
             dims[f"{use.name}.{pname}" if pname else use.name] = {k: lab for k, (lab, _m) in d.items()}
     out = {}
-    for name, p in cg.gm.named_parameters():
+    for name, p in gm.named_parameters():
         d = dims.get(name, {})
-        out[name] = [tuple((q.atom, q.inner) for q in at.expand(d[k])) if d.get(k) is not None else s
-                     for k, s in enumerate(p.shape)]
+        out[name] = _template(at, tuple(p.shape), [d.get(k) for k in range(p.dim())]) or []
     return out
 
 
-def _resolution_graph(cg: ChannelGraph, resolution: tuple[int, int], mode: str) -> fx.Graph:
-    """The graph with the resolution pass applied (shapes propagated at the new size), widths unchanged."""
+def _resolution_gm(cg: ChannelGraph, resolution: tuple[int, int], mode: str) -> fx.GraphModule:
+    """The model with the resolution pass applied (shapes propagated at the new size), widths unchanged."""
     from fxscale.api import copy_graph_module
     from fxscale.passes.resolution import resolution_pass
     new = copy_graph_module(cg.gm)
     new.meta[META].pop("train_gm", None)
     with torch.no_grad():
         resolution_pass(new, resolution, mode)
-    return new.graph
+    return new
 
 
 def reference_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:

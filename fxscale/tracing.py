@@ -76,7 +76,6 @@ def _trace_graph(model: nn.Module, opts: TraceOptions) -> fx.GraphModule:
 def _resolve_types(graph: fx.Graph, model: nn.Module) -> None:
     """Node types fx took from string annotations (``from __future__ import annotations``) become the objects
     they name, or None: a string type in the generated code's globals cannot be pickled on torch 2.13."""
-    import sys
     scope = dict(vars(sys.modules.get(type(model).__module__, torch)), torch=torch)
     for node in graph.nodes:
         if isinstance(node.type, str):
@@ -159,11 +158,22 @@ def _trace_with_fallback(model: nn.Module, opts: TraceOptions, reserve: tuple[ty
             opts = replace(opts, leaf_modules=opts.leaf_modules + (culprit,))
 
 
+class _ShapeProp(ShapeProp):
+    """ShapeProp that also keeps a node's plain non-tensor value (sizes read off shapes) under META "value"."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        plain = lambda v: isinstance(v, (int, float, bool)) or isinstance(v, tuple) and all(map(plain, v))  # noqa
+        n.meta.setdefault(META, {}).pop("value", None)
+        n.meta[META].update({"value": out} if plain(out) else {})
+        return out
+
+
 def propagate_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:
     """Run ShapeProp and copy each node's tensor shapes into node.meta["fxscale"]["shape"]."""
     try:
         with torch.no_grad():
-            out = ShapeProp(gm).propagate(*inputs)
+            out = _ShapeProp(gm).propagate(*inputs)
     except Exception as e:  # noqa: BLE001
         node = _failing_node(gm, inputs)
         cause = e.__cause__ or e  # ShapeProp wraps the op's own error in a RuntimeError naming the node
@@ -199,7 +209,7 @@ def infer_shapes(gm: fx.GraphModule, *inputs: torch.Tensor) -> Any:
     try:
         with _reparametrize_module(gm, _meta_state(gm)), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = ShapeProp(gm).propagate(*_to_meta(inputs))
+            out = _ShapeProp(gm).propagate(*_to_meta(inputs))
         for node in gm.graph.nodes:
             node.meta.setdefault(META, {})["shape"] = _shapes(node.meta.get("tensor_meta"))
         return _shapes_of(out)
@@ -230,8 +240,7 @@ def _failing_node(gm: fx.GraphModule, inputs: tuple) -> str:
     """Name the first node whose interpretation raises (for error messages)."""
     class _Find(fx.Interpreter):
         last = "?"
-
-        def run_node(self, n: fx.Node) -> Any:
+        def run_node(self, n: fx.Node) -> Any:  # noqa: E301
             _Find.last = f"{n.name} ({n.op} {n.target})"
             return super().run_node(n)
     try:
@@ -258,7 +267,7 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         raise TraceError(f"fxscale.trace needs an nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_input)
     first, reserve = _trace_options(model, len(inputs), leaf_modules, autowrap_functions, concrete_args)
-    modes = _training_flags(model)
+    modes = [(m, m.training) for m in model.modules()]
     try:
         model.train(mode == "train")
         gm, opts = _trace_with_fallback(model, first, reserve)
@@ -266,7 +275,8 @@ def trace(model: nn.Module, example_input: Any, leaf_modules: Sequence[type] = (
         out_shapes = infer_shapes(gm, *inputs)
         train_gm, eval_only = (None, None) if mode == "train" else _train_only_graph(model, gm, inputs, opts)
     finally:
-        _restore_flags(modes)
+        for m, training in modes:
+            m.training = training
     gm.meta[META] = {
         "train_gm": train_gm,
         "input_shapes": [tuple(t.shape) for t in inputs],
@@ -318,15 +328,6 @@ def _train_only_graph(model: nn.Module, gm: fx.GraphModule, inputs: tuple,
         return None, f"the train-mode graph does not run at this size ({e})"
     share_modules(gm, tgm)
     return tgm, None
-
-
-def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore_flags(flags: list[tuple[nn.Module, bool]]) -> None:
-    for m, training in flags:
-        m.training = training
 
 
 def eval_only_error(gm: fx.GraphModule) -> TraceError:

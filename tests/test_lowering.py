@@ -14,6 +14,7 @@ from torch import fx, nn
 import fxscale
 from fxscale.export import ExportError, export_onnx
 from fxscale.passes.lower import (
+    ADAPTIVE,
     ANTIALIAS,
     SDPA,
     UNFOLD,
@@ -180,9 +181,10 @@ def test_antialias_size_from_graph_and_factor_from_graph():
 # ------------------------------------------------------------------------------------------ when to lower
 
 def test_kinds_to_lower_follow_native_exporter_support():
-    assert kinds_to_lower(13) == (SDPA, ANTIALIAS, UNFOLD)
-    # torchscript never writes the AA resize, nor Tensor.unfold after a dynamic pad (timm HaloAttn)
-    assert kinds_to_lower(14) == kinds_to_lower(18) == (ANTIALIAS, UNFOLD)
+    assert kinds_to_lower(13) == (SDPA, ANTIALIAS, UNFOLD, ADAPTIVE)
+    # torchscript never writes the AA resize, nor Tensor.unfold after a dynamic pad (timm HaloAttn), nor an
+    # adaptive average pool whose output does not divide its input
+    assert kinds_to_lower(14) == kinds_to_lower(18) == (ANTIALIAS, UNFOLD, ADAPTIVE)
     assert kinds_to_lower(13, "dynamo") == (SDPA, ANTIALIAS)
     assert kinds_to_lower(17, "dynamo") == (ANTIALIAS,) and kinds_to_lower(18, "dynamo") == ()
     x = torch.randn(1, 6, 16)
@@ -191,6 +193,30 @@ def test_kinds_to_lower_follow_native_exporter_support():
     assert len(lowered_copy(gqa, 17, x)[1]) == 1  # the torchscript SDPA symbolic refuses enable_gqa at any opset
     with pytest.raises(LoweringError, match="unknown"):
         lower_for_onnx(gqa, 13, kinds=["flash"])
+
+
+class AdaptivePools(nn.Module):
+    """An nn.AdaptiveAvgPool2d and an F.adaptive_avg_pool2d whose outputs do not divide their inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(7)
+
+    def forward(self, x):
+        return self.pool(x).sum((2, 3)) + F.adaptive_avg_pool2d(x, (3, None)).mean((2, 3))
+
+
+@pytest.mark.parametrize("hw", [(10, 10), (9, 13), (14, 21)])
+def test_adaptive_pool_lowered_exactly_and_exported(tmp_path, hw):
+    x = torch.randn(2, 4, *hw, generator=torch.Generator().manual_seed(0))
+    gm = fxscale.trace(AdaptivePools(), x)
+    low, what = lowered_copy(gm, 17, x)
+    expect = int(hw[0] % 7 != 0 or hw[1] % 7 != 0) + int(hw[0] % 3 != 0)  # only bins that do not divide
+    assert len(what) == expect and all("adaptive average pool" in w for w in what)
+    with torch.no_grad():
+        torch.testing.assert_close(low(x), gm(x), rtol=1e-5, atol=1e-6)
+    rep = export_onnx(gm, tmp_path / "pool.onnx", x, opset=17)
+    assert rep.max_abs_diff < 1e-5 and len(rep.lowered) == len(what)
 
 
 # ------------------------------------------------------------------------------------------ ONNX at opset 13

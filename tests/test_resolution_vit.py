@@ -119,8 +119,8 @@ def test_map_position_embedding_resampled():
         assert new(_xin((32, 24))).shape == (1, 10)
 
 
-class Unprovable(nn.Module):
-    """Tokens counted with reshape(..., -1): the sequence length has no row x column structure to resample."""
+class FlattenByReshape(nn.Module):
+    """Tokens counted with reshape(B, C, -1): a flatten of the rows x columns grid, resampled as such."""
 
     def __init__(self):
         super().__init__()
@@ -130,6 +130,32 @@ class Unprovable(nn.Module):
     def forward(self, x):
         t = self.proj(x)
         return (t.reshape(t.shape[0], t.shape[1], -1) + self.pos).mean(-1)
+
+
+class Unprovable(nn.Module):
+    """Tokens of two grids (strides 4 and 8) side by side: no one rows x columns grid to resample."""
+
+    def __init__(self):
+        super().__init__()
+        self.p4, self.p8 = nn.Conv2d(3, 8, 4, 4), nn.Conv2d(3, 8, 8, 8)
+        self.pos = nn.Parameter(torch.randn(1, 8, 20))
+
+    def forward(self, x):
+        t = torch.cat([self.p4(x).flatten(2), self.p8(x).flatten(2)], -1)
+        return (t + self.pos).mean(-1)
+
+
+def test_reshape_minus_one_flattens_the_grid():
+    model = FlattenByReshape().eval()
+    gm = fxscale.trace(model, _xin(16))
+    new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)), resolution_mode="input")
+    want = resample_position_embedding(model.pos.detach(), (4, 4), (6, 6), dim=2)
+    assert torch.equal(new.pos.detach(), want)
+    ref = copy.deepcopy(model)
+    ref.pos = nn.Parameter(want)
+    x = _xin(24)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), ref(x), rtol=0, atol=0)
 
 
 class SplitsSpace(nn.Module):
@@ -146,7 +172,7 @@ class SplitsSpace(nn.Module):
 
 def test_unprovable_constants_raise_plan_error_naming_the_node():
     gm = fxscale.trace(Unprovable().eval(), _xin(16))
-    with pytest.raises(fxscale.PlanError, match=r"node add: pos .*not come from one 2-D grid"):
+    with pytest.raises(fxscale.PlanError, match=r"node add: pos .*not one block after fixed prefix"):
         fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)))
     gm = fxscale.trace(SplitsSpace().eval(), _xin(8))
     with pytest.raises(fxscale.PlanError, match=r"resolution 12x12: .*node reshape .*re-split sizes \[4, 8, 8\] into \[4, 4, 16\]"):

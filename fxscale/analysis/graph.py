@@ -54,6 +54,12 @@ class ChannelGraph:
         """Groups whose width may change."""
         return [g for g in self.groups if g.scalable]
 
+    def preserve_exact(self, plan: Any) -> tuple[bool, list[str]]:
+        """Whether ``init="preserve"`` is proven to keep the outputs under ``plan`` (see fxscale.analysis.exact),
+        with the reasons (naming groups and nodes) where it is not."""
+        from fxscale.analysis.exact import preserve_exact
+        return preserve_exact(self, plan)
+
     def table(self) -> str:
         """A plain-text table of the groups."""
         rows = [f"{'group':40s} {'width':>6s} {'div':>4s} {'prod':>4s} {'cons':>4s}  status"]

@@ -13,6 +13,8 @@ opset-13 primitives, on an fx graph, before export.
   resizing one-hot bases (so align_corners, scale_factor and recompute_scale_factor behave the same). Two
   MatMuls export at any opset and match the antialiased resize to float rounding (~1e-6), unlike a low-pass
   conv plus plain interpolation, which only approximates it.
+* ``adaptive_avg_pool2d`` to an output size that does not divide the input (torchscript: never) becomes the
+  same separable average, ``P_h @ x @ P_w^T`` with torch's bins ``[floor(i*H/o), ceil((i+1)*H/o))``.
 
 Nodes keep their identity and ``node.meta`` (including ``node.meta["fxscale"]`` shapes): only their target and
 arguments change. ``lower_for_onnx`` edits a graph in place; ``lowered_copy`` never touches the caller's module.
@@ -37,15 +39,16 @@ from fxscale.tracing import META
 SDPA = "scaled_dot_product_attention"
 ANTIALIAS = "antialias_resize"
 UNFOLD = "tensor_unfold"
-KINDS = (SDPA, ANTIALIAS, UNFOLD)
+ADAPTIVE = "adaptive_avg_pool"
+KINDS = (SDPA, ANTIALIAS, UNFOLD, ADAPTIVE)
 # First opset at which each exporter writes the op itself; None: never (no symbolic for aten::_upsample_*_aa).
 NATIVE_OPSET: dict[str, dict[str, int | None]] = {
     # Tensor.unfold: the torchscript symbolic needs the unfolded dim's size, which is lost after a dynamic pad
     # (timm's HaloAttn), so it is always lowered to an index_select with a fixed window index
-    "torchscript": {SDPA: 14, ANTIALIAS: None, UNFOLD: None},
+    "torchscript": {SDPA: 14, ANTIALIAS: None, UNFOLD: None, ADAPTIVE: None},
     # dynamo decomposes SDPA with Trilu (opset 14) and, for a dynamic batch, Shape(start, end) (opset 15);
     # its antialiased Resize needs opset 18
-    "dynamo": {SDPA: 15, ANTIALIAS: 18, UNFOLD: 1},
+    "dynamo": {SDPA: 15, ANTIALIAS: 18, UNFOLD: 1, ADAPTIVE: 1},
 }
 # The torchscript exporter's SDPA symbolic refuses enable_gqa=True at every opset.
 _SDPA_TARGETS = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention,
@@ -156,6 +159,8 @@ def _kind(node: fx.Node) -> str | None:
     if node.op == "call_method" and node.target == "unfold" and len(node.args) == 4 and not node.kwargs \
             and all(isinstance(a, int) for a in node.args[1:]):
         return UNFOLD
+    if _adaptive_sizes(node) is not None:
+        return ADAPTIVE
     if node.op == "call_module":
         mha = _mha_args(node)
         return SDPA if mha is not None and mha.get("need_weights", True) is False else None
@@ -283,19 +288,49 @@ def _lower_antialias(gm: fx.GraphModule, node: fx.Node, device: Any) -> str:
           "recompute_scale_factor": a["recompute_scale_factor"], "dtype": _dtype(x), "device": device}
     rows = antialias_matrix(in_shape[2], 0, **kw)
     cols_t = antialias_matrix(in_shape[3], 1, **kw).t().contiguous()
-    attrs = []
-    for suffix, value in (("rows", rows), ("cols_t", cols_t)):
-        name = _free_attr(gm, f"_fxscale_aa_{node.name}_{suffix}")
-        gm.register_buffer(name, value)
-        with gm.graph.inserting_before(node):
-            attr = gm.graph.get_attr(name)
-        attr.meta[META] = {"inserted": "onnx lowering", "shape": tuple(value.shape)}
-        attrs.append(attr)
+    attrs = _buffer_args(gm, node, f"_fxscale_aa_{node.name}", {"rows": rows, "cols_t": cols_t})
     node.target = resize_separable
     node.args = (x, *attrs)
     node.kwargs = {}
     out = (rows.shape[0], cols_t.shape[1])
     return f"{node.name}: antialiased {mode} resize {tuple(in_shape[2:])} -> {out} as W_h @ x @ W_w^T (exact)"
+
+
+def _adaptive_sizes(node: fx.Node) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((H, W), (oh, ow)) of a 2-D adaptive average pool whose output does not divide its static input."""
+    if node.op == "call_module" and isinstance(node.graph.owning_module, nn.Module):
+        mod = node.graph.owning_module.get_submodule(node.target)
+        out = mod.output_size if isinstance(mod, nn.AdaptiveAvgPool2d) else None
+    elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        out = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+    else:
+        return None
+    shape = _shape(node.args[0]) if out is not None and node.args else None
+    if shape is None or len(shape) < 3 or not all(isinstance(o, int) or o is None for o in _pair(out)):
+        return None
+    hw = tuple(shape[-2:])
+    o = tuple(h if v is None else v for h, v in zip(hw, _pair(out)))
+    return None if all(h % v == 0 for h, v in zip(hw, o)) else (hw, o)
+
+
+def adaptive_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float32, device: Any = "cpu") -> torch.Tensor:
+    """[n_out, n_in] averaging over torch's adaptive pooling bins ``[floor(i*n/o), ceil((i+1)*n/o))``."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m.to(dtype=dtype, device=device)
+
+
+def _lower_adaptive(gm: fx.GraphModule, node: fx.Node, device: Any) -> str:
+    """Point an adaptive average pool node at resize_separable with its bin-averaging matrices as buffers."""
+    (h, w), (oh, ow) = _adaptive_sizes(node)  # type: ignore[misc]
+    x = node.args[0]
+    attrs = _buffer_args(gm, node, f"_fxscale_pool_{node.name}", {
+        "rows": adaptive_matrix(h, oh, _dtype(x), device),
+        "cols_t": adaptive_matrix(w, ow, _dtype(x), device).t().contiguous()})
+    node.op, node.target, node.args, node.kwargs = "call_function", resize_separable, (x, *attrs), {}
+    return f"{node.name}: adaptive average pool {(h, w)} -> {(oh, ow)} as P_h @ x @ P_w^T"
 
 
 def unfold_gather(x: torch.Tensor, index: torch.Tensor, dim: int, windows: int, size: int) -> torch.Tensor:
@@ -325,6 +360,19 @@ def _lower_unfold(gm: fx.GraphModule, node: fx.Node) -> str:
     return f"{node.name}: unfold({dim}, {size}, {step}) of {length} as index_select of {windows} windows"
 
 
+def _buffer_args(gm: fx.GraphModule, node: fx.Node, base: str, values: dict[str, torch.Tensor]) -> list[fx.Node]:
+    """Register each value as a buffer ``{base}_{key}`` and read it with a get_attr inserted before ``node``."""
+    attrs = []
+    for suffix, value in values.items():
+        name = _free_attr(gm, f"{base}_{suffix}")
+        gm.register_buffer(name, value)
+        with gm.graph.inserting_before(node):
+            attr = gm.graph.get_attr(name)
+        attr.meta[META] = {"inserted": "onnx lowering", "shape": tuple(value.shape)}
+        attrs.append(attr)
+    return attrs
+
+
 def _free_attr(gm: fx.GraphModule, base: str) -> str:
     name, i = base, 0
     while hasattr(gm, name):
@@ -340,15 +388,16 @@ def lower_for_onnx(gm: fx.GraphModule, opset: int, *example_inputs: torch.Tensor
     `kinds` overrides the choice (any of KINDS). With `example_inputs` the graph's shapes are propagated first;
     otherwise the shapes recorded by fxscale.trace / ShapeProp are used. Call it on a copy (see lowered_copy).
     """
-    nodes = _select(gm, opset, exporter, kinds)
-    if not nodes:
-        return []
     if example_inputs:
         with torch.no_grad():
             ShapeProp(gm).propagate(*example_inputs)
+    nodes = _select(gm, opset, exporter, kinds)
+    if not nodes:
+        return []
     device = example_inputs[0].device if example_inputs else next(
         (t.device for t in [*gm.parameters(), *gm.buffers()]), torch.device("cpu"))
     done = [_lower_antialias(gm, n, device) if k == ANTIALIAS else _lower_unfold(gm, n) if k == UNFOLD else
+            _lower_adaptive(gm, n, device) if k == ADAPTIVE else
             _lower_mha(gm, n) if n.op == "call_module" else _lower_sdpa(gm, n) for n, k in nodes]
     gm.graph.lint()
     gm.recompile()
@@ -382,12 +431,14 @@ def lowered_copy(model: torch.nn.Module, opset: int, *example_inputs: torch.Tens
 
 
 __all__ = [
+    "ADAPTIVE",
     "ANTIALIAS",
     "KINDS",
     "NATIVE_OPSET",
     "SDPA",
     "UNFOLD",
     "LoweringError",
+    "adaptive_matrix",
     "antialias_matrix",
     "copy_graph_module",
     "kinds_to_lower",

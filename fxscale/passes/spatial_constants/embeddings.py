@@ -66,8 +66,9 @@ class _PosEmb:
     """A parameter found to be a position embedding: which dims follow the grid, and the grid per probe."""
 
     def __init__(self, target: str, kind: str, dims: tuple[int, ...], prefix: int, grids: list[tuple[int, int]],
-                 node: str) -> None:
+                 node: str, mask: Optional[list] = None) -> None:
         self.target, self.kind, self.dims, self.prefix, self.grids, self.node = target, kind, dims, prefix, grids, node
+        self.mask = mask  # (window, shift, fill) matches of a shifted-window attention mask (recomputed, see .masks)
 
     def shape_at(self, shape: tuple[int, ...], p: int) -> tuple[int, ...]:
         s = list(shape)
@@ -79,6 +80,9 @@ class _PosEmb:
         return tuple(s)
 
     def resample(self, t: torch.Tensor, p: int) -> torch.Tensor:
+        if self.mask is not None:
+            from fxscale.passes.spatial_constants.masks import window_mask_at
+            return window_mask_at(t, self.dims[0], self.mask, self.grids[p])
         if self.kind == "tokens":
             return resample_position_embedding(t, self.grids[0], self.grids[p], self.prefix, self.dims[0])
         return resample_spatial_map(t, self.grids[p], self.dims)
@@ -136,7 +140,16 @@ def check_position_embedding(s: "_Solver", n: fx.Node) -> None:
         if tuple(param.shape) != oshape[0]:
             raise PlanError(f"node {n.name}: {root.target} is added to a sequence whose length follows the "
                             "input size, but reaches it through a shape change; cannot resample it")
-        s.posemb[root.target] = _posemb_spec(s.P, n, root.target, sorted(conflicts), xl, oshape[0])
+        spec = _posemb_spec(s.P, n, root.target, sorted(conflicts), xl, oshape[0])
+        if not isinstance(param, torch.nn.Parameter):  # a constant or buffer: only a recognised mask is recomputed
+            from fxscale.passes.spatial_constants.masks import match_window_mask
+            spec.mask = match_window_mask(param, spec.dims[0], spec.grids[0]) \
+                if spec.kind == "tokens" and spec.prefix == 0 else None
+            if spec.mask is None:
+                raise PlanError(f"node {n.name}: {root.target} (shape {tuple(param.shape)}) is a constant, not a "
+                                "learned parameter, combined with tokens whose count follows the input size; no "
+                                "rule recomputes it at a new resolution (only shifted-window attention masks are)")
+        s.posemb[root.target] = spec
         for p in range(s.P):
             s.meta_attr.pop((root.target, p), None)
         raise _Restart()

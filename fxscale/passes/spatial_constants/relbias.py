@@ -8,6 +8,12 @@ attentions). Like a position embedding, the table is a function of position samp
 grid the table is resampled bicubically as a ``Rh x Rw`` map per head and the index buffer is regenerated
 (timm's approach to resizing relative position bias tables). The buffer is rebuilt only when its values equal the
 generator at the traced grid exactly; any other index layout raises a PlanError naming the node.
+
+Swin-style tables (CoAtNet, MaxViT, Swin) hold one value per *signed* offset of a ``Wh x Ww`` window:
+``(2Wh - 1) x (2Ww - 1)`` entries, ``idx[q, k] = (qy - ky + Wh - 1) * (2Ww - 1) + (qx - kx + Ww - 1)``
+(:func:`signed_offset_index`). Where such a window is the whole feature map (the bias is added to attention over
+the full grid, here or as the ``attn_mask`` of ``scaled_dot_product_attention``), the table is resampled as a
+``(2Wh - 1) x (2Ww - 1)`` map and the index regenerated the same way.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 
 from fxscale.errors import PlanError
 from fxscale.ops.table import node_row
-from fxscale.passes.spatial_constants.factors import _T, _const, _Fail, _pvals, _Restart
+from fxscale.passes.spatial_constants.factors import _F, _T, _const, _Fail, _pvals, _Restart
 
 if TYPE_CHECKING:
     from fxscale.passes.spatial_constants.solver import _Solver
@@ -37,6 +43,13 @@ def offset_index(q_grid: Grid, k_grid: Grid, stride: int = 1) -> torch.Tensor:
     qy, qx = coords(q_grid, stride)
     ky, kx = coords(k_grid, 1)
     return (qy[:, None] - ky[None]).abs() * k_grid[1] + (qx[:, None] - kx[None]).abs()
+
+
+def signed_offset_index(grid: Grid) -> torch.Tensor:
+    """Swin's ``idx[q, k] = (qy - ky + h - 1) * (2w - 1) + (qx - kx + w - 1)`` over one row-major grid."""
+    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    y, x = y.flatten(), x.flatten()
+    return (y[:, None] - y[None] + grid[0] - 1) * (2 * grid[1] - 1) + (x[:, None] - x[None] + grid[1] - 1)
 
 
 def resample_offset_table(table: torch.Tensor, dim: int, old: Grid, new: Grid) -> torch.Tensor:
@@ -56,39 +69,62 @@ class _RelBias:
     """A bias table gathered by an index buffer, and the query/key grids at every probe."""
 
     def __init__(self, table: str, index: str, dim: int, q: list[Grid], k: list[Grid], stride: int,
-                 node: str) -> None:
+                 node: str, signed: bool = False, index_dims: int = 2) -> None:
         self.table, self.index, self.dim, self.q, self.k, self.stride, self.node = table, index, dim, q, k, stride, node
+        self.signed = signed  # Swin-style: one entry per signed offset, (2h - 1) x (2w - 1)
+        self.index_dims = index_dims  # 2: [Nq, Nk]; 1: flattened (Swin's index.view(-1) stored flat)
+
+    def index_label(self, P: int) -> _T:
+        """The index buffer's factors: query rows, columns, then key rows, columns (one dim when flat)."""
+        q = (_F(tuple(g[0] for g in self.q)), _F(tuple(g[1] for g in self.q)))
+        k = (_F(tuple(g[0] for g in self.k)), _F(tuple(g[1] for g in self.k)))
+        return _T((q + k,)) if self.index_dims == 1 else _T((q, k))
+
+    def offsets(self, p: int) -> Grid:
+        return (2 * self.k[p][0] - 1, 2 * self.k[p][1] - 1) if self.signed else tuple(self.k[p])
 
     def shape_at(self, target: str, shape: tuple[int, ...], p: int) -> tuple[int, ...]:
         if target == self.index:
-            return (self.q[p][0] * self.q[p][1], self.k[p][0] * self.k[p][1])
+            nq, nk = self.q[p][0] * self.q[p][1], self.k[p][0] * self.k[p][1]
+            return (nq * nk,) if self.index_dims == 1 else (nq, nk)
         s = list(shape)
-        s[self.dim] = self.k[p][0] * self.k[p][1]
+        s[self.dim] = self.offsets(p)[0] * self.offsets(p)[1]
         return tuple(s)
 
     def new_index(self, p: int) -> torch.Tensor:
-        return offset_index(self.q[p], self.k[p], self.stride)
+        idx = signed_offset_index(self.k[p]) if self.signed else offset_index(self.q[p], self.k[p], self.stride)
+        return idx.reshape(-1) if self.index_dims == 1 else idx
 
     def new_table(self, table: torch.Tensor, p: int) -> torch.Tensor:
-        return resample_offset_table(table, self.dim, self.k[0], self.k[p])
+        return resample_offset_table(table, self.dim, self.offsets(0), self.offsets(p))
 
 
-def index_gather(node: fx.Node) -> Optional[tuple[fx.Node, fx.Node, int]]:
+_LAYOUT = {"view_m", "reshape", "reshape_m", "permute", "permute_m", "unsqueeze", "unsqueeze_m", "flatten",
+           "flatten_m"}
+
+
+def index_gather(node: fx.Node, layout: bool = False) -> Optional[tuple[fx.Node, fx.Node, int]]:
     """(table get_attr, index get_attr, gathered table dim) when ``node`` is ``table[..., idx]`` (reached through
-    same-shape copies) with ``idx`` a 2-D buffer and every other index a full slice; None otherwise."""
+    same-shape copies, and with ``layout`` through views, permutes and unsqueezes too) with ``idx`` a buffer
+    (read directly, or through views when ``layout``) and every other index a full slice; None otherwise."""
     from fxscale.passes.spatial_constants.embeddings import same_shape
-    cur = node
-    for _ in range(8):
-        if same_shape(node_row(cur)) and cur.args and isinstance(cur.args[0], fx.Node):
-            cur = cur.args[0]
-            continue
-        break
+
+    def back(cur: fx.Node) -> fx.Node:
+        for _ in range(8):
+            row = node_row(cur)
+            if (same_shape(row) or layout and row is not None and row.name in _LAYOUT) and cur.args \
+                    and isinstance(cur.args[0], fx.Node):
+                cur = cur.args[0]
+                continue
+            break
+        return cur
+    cur = back(node)
     if not (cur.op == "call_function" and cur.target is operator.getitem and isinstance(cur.args[0], fx.Node)
             and cur.args[0].op == "get_attr"):
         return None
     idx = cur.args[1]
     items = idx if isinstance(idx, tuple) else (idx,)
-    nodes = [(d, a) for d, a in enumerate(items) if isinstance(a, fx.Node)]
+    nodes = [(d, back(a) if layout else a) for d, a in enumerate(items) if isinstance(a, fx.Node)]
     if len(nodes) != 1 or nodes[0][1].op != "get_attr":
         return None
     if any(a != slice(None) for a in items if not isinstance(a, fx.Node)):
@@ -137,16 +173,29 @@ def _stride(index: torch.Tensor, q: Grid, k: Grid) -> Optional[int]:
     return None
 
 
-def check_relative_bias(s: "_Solver", n: fx.Node, o: fx.Node, x: fx.Node) -> bool:
+def check_sdpa_bias(s: "_Solver", n: fx.Node) -> None:
+    """Entry rule of ``scaled_dot_product_attention``: its ``attn_mask`` is a bias on scores whose last two dims
+    are the query and key token dims (see check_relative_bias)."""
+    q, k = (n.args + (None, None))[:2]
+    mask = n.kwargs.get("attn_mask", n.args[3] if len(n.args) > 3 else None)
+    if not all(isinstance(a, fx.Node) for a in (q, k, mask)):
+        return
+    ql, kl = s.lab.get(q), s.lab.get(k)
+    if isinstance(ql, _T) and isinstance(kl, _T) and len(ql) >= 2 and len(kl) >= 2:
+        check_relative_bias(s, n, mask, _T((ql[-2], kl[-2])))
+
+
+def check_relative_bias(s: "_Solver", n: fx.Node, o: fx.Node, x: Any) -> bool:
     """Entry rule (with the position embeddings): ``o`` is a gathered bias table combined at ``n`` with scores
-    ``x`` whose last two dims follow the input grid. Records the table and index, and restarts; False when ``o``
-    is not such a gather or nothing conflicts."""
-    found = index_gather(o)
-    if found is None or not isinstance(s.lab.get(x), _T) or not isinstance(s.vals.get(o, [None])[0], torch.Tensor):
+    ``x`` (a node, or the label of the scores) whose last two dims follow the input grid. Records the table and
+    index, and restarts; False when ``o`` is not such a gather or nothing conflicts."""
+    found = index_gather(o) or index_gather(o, layout=True)
+    xl = x if isinstance(x, _T) else s.lab.get(x)
+    if found is None or not isinstance(xl, _T) or not isinstance(s.vals.get(o, [None])[0], torch.Tensor):
         return False
     table, index, dim = found
+    direct = index_gather(o) is not None  # LeViT's absolute-offset tables are gathered and added as they are
     oshape = [tuple(v.shape) for v in s.vals[o]]
-    xl = s.lab[x]
     if len(xl) < 2 or len(oshape[0]) < 2:
         return False
     follows = [_pvals(xl[len(xl) - k], s.P) for k in (2, 1)]
@@ -170,6 +219,19 @@ def check_relative_bias(s: "_Solver", n: fx.Node, o: fx.Node, x: fx.Node) -> boo
         if q is None:
             raise
     buf, tab = s.real_attr(str(index.target)), s.real_attr(str(table.target))
+    signed = (2 * k[0][0] - 1) * (2 * k[0][1] - 1)
+    if tab.shape[dim] == signed and tuple(q) == tuple(k) and tab.shape[dim] != k[0][0] * k[0][1]:
+        if not torch.equal(buf.long().reshape(-1), signed_offset_index(k[0]).reshape(-1)):
+            raise PlanError(f"{where}: the index buffer is not Swin's signed offset index over the {k[0]} grid; "
+                            "cannot rebuild it for the new grid")
+        s.relbias[str(index.target)] = _RelBias(str(table.target), str(index.target), dim, q, k, 1, n.name, True,
+                                                buf.dim())
+        for p in range(s.P):
+            s.meta_attr.pop((str(index.target), p), None)
+            s.meta_attr.pop((str(table.target), p), None)
+        raise _Restart()
+    if not direct:
+        return False
     if tab.shape[dim] != k[0][0] * k[0][1]:
         raise PlanError(f"{where}: the table has {tab.shape[dim]} offsets, not one per {k[0][0]}x{k[0][1]} key "
                         "grid position; cannot resample it")
@@ -208,4 +270,5 @@ def apply_relative_biases(gm: fx.GraphModule, specs: list[_RelBias]) -> list[dic
     return report
 
 
-__all__ = ["offset_index", "resample_offset_table", "index_gather", "check_relative_bias", "apply_relative_biases"]
+__all__ = ["offset_index", "signed_offset_index", "resample_offset_table", "index_gather", "check_relative_bias",
+           "check_sdpa_bias", "apply_relative_biases"]

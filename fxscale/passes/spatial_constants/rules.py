@@ -25,6 +25,7 @@ from fxscale.ops.row import OpRow
 from fxscale.ops.table import UNKNOWN, node_row
 from fxscale.passes.spatial_constants.embeddings import check_position_embedding, same_shape
 from fxscale.passes.spatial_constants.factors import _F, _I, _T, _const, _Fail, _is_int, _pvals
+from fxscale.passes.spatial_constants.relbias import check_sdpa_bias
 from fxscale.passes.spatial_constants.views import expand_sites, view_sites
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def tuple_item(s: "_Solver", n: fx.Node, vals: list, pending: dict) -> Any:
     """``shape[i]`` / ``shape[i:j]`` of a tuple of ints; ``x[:, 1:]`` of a tensor (see :func:`token_slice`)."""
     lab = _src(s, n)
     if isinstance(lab, _T):
-        return token_slice(s, lab, n.args[1])
+        return gather(s, lab, n.args[1]) or token_slice(s, lab, n.args[1])
     if isinstance(lab, tuple) and not isinstance(lab, (_I,)):
         return lab[n.args[1]]
     return None
@@ -101,6 +102,18 @@ def _cut(s: "_Solver", parts: list, start: Any, stop: Any) -> Any:
     if len(chosen) == 1:
         return tuple(chosen[0])
     return (_F(tuple(sum(v) for v in zip(*[_pvals(p, s.P) for p in chosen])), parts=[tuple(p) for p in chosen]),)
+
+
+def gather(s: "_Solver", lab: "_T", index: Any) -> Any:
+    """``table[:, idx]`` with one index tensor (full slices elsewhere): the index's dims replace the indexed dim
+    and keep their factors (a relative-position index over query and key grids gathers a grid-shaped bias)."""
+    items = index if isinstance(index, tuple) else (index,)
+    nodes = [d for d, it in enumerate(items) if isinstance(it, fx.Node)]
+    if len(nodes) != 1 or len(items) > len(lab) or any(it != slice(None) for it in items if not isinstance(it, fx.Node)):
+        return None
+    d = nodes[0]
+    ilab = s.lab.get(items[d])
+    return _T(list(lab[:d]) + list(ilab) + list(lab[d + 1:])) if isinstance(ilab, _T) else None
 
 
 def token_slice(s: "_Solver", lab: "_T", index: Any) -> Any:
@@ -245,6 +258,7 @@ BY_NAME: dict[str, Rule] = {
     "expand": Rule(sites=expand_sites),
     "floordiv": Rule(sites=divisor_site),
     "compare": Rule(sites=compare_site),
+    "sdpa": Rule(entry=check_sdpa_bias),
 }
 
 _ENTRY = Rule(entry=check_position_embedding)

@@ -124,7 +124,8 @@ class _Solver:
             else:
                 vals = [self._attr(n.target, p) for p in range(P)]
             self.vals[n] = vals
-            self.lab[n] = self.generic(vals, [])
+            rel = self.relbias.get(str(n.target)) if n.op == "get_attr" else None
+            self.lab[n] = rel.index_label(P) if rel is not None else self.generic(vals, [])
             return
         rule = rule_for(n)
         pending: dict = {}

@@ -154,7 +154,15 @@ def _solve_group(s: "_Solver", n: fx.Node, fg: list, ag: list) -> list:
     """Values and factors of the size arguments ``ag`` that re-split the input factors ``fg``."""
     P = s.P
     total = _pvals(fg, P)
-    if any(it.kind == "infer" for it in ag):
+    if len(ag) == 1 and ag[0].kind == "infer":  # reshape(x, B, -1, C): the -1 is the product of its factors
+        return [(total, tuple(fg))]
+    infer = [it for it in ag if it.kind == "infer"]
+    if infer and len(ag) > 1 and infer[0].traced == 1 and any(not _const(f.vals) for f in fg):
+        # view(x, -1, 16, ...): a -1 of traced size 1 is the batch; the literals re-split the varying factors
+        rest = _solve_group(s, n, fg, [it for it in ag if it.kind != "infer"])
+        it_rest = iter(rest)
+        return [(((1,) * P), ()) if it.kind == "infer" else next(it_rest) for it in ag]
+    if infer:
         return [(it.vals, it.factors if it.kind == "dyn" else ()) for it in ag]
 
     def fits(vals_list: list) -> bool:
