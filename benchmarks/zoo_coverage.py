@@ -55,7 +55,7 @@ FIELDS = ("model", "status", "stage", "reason", "size", "new_size", "groups", "s
           "analyze_ms", "transform_ms", "forward_ms", "onnx_ms", "onnx_max_abs_diff", "onnx_rel_diff", "seconds",
           "tp_status", "tp_dg_ms", "tp_prune_ms", "ratio_analyze_tp_dg", "ratio_transform_tp_prune",
           "unsound", "unsound_groups", "cost_rel_diff", "cost_ok", "onnx_recalibrated", "exact_claimed",
-          "exact_reason")
+          "exact_reason", "resolution_note")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

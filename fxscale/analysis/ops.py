@@ -37,6 +37,9 @@ def elementwise(ctx: Ctx, node: fx.Node) -> Any:
         for i, (s, lab) in enumerate(zip(sa, la)):
             j = off + i
             if s == 1 and shape[j] != 1:
+                if lab is not None:  # a one-channel label broadcast over a wider dim: it must stay one wide
+                    ctx.atoms.freeze(lab, f"node {node.name}: {getattr(a, 'name', a)} is broadcast over a dim of "
+                                          f"{shape[j]}")
                 continue
             if lab is None:
                 unlabelled[j] = unlabelled[j] or a

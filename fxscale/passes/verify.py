@@ -5,6 +5,8 @@ VerificationError naming the rule and the node, module or parameter. In order:
 - ``param_shapes`` (static): every parameter of every analysed layer has the width its channel labels give
   under the plan, so a mis-grouping is caught without running anything;
 - ``forward``: one shape-propagating forward at the model's current input size (refreshes node shapes);
+- ``opaque_forward``: where the graph calls code without an op row (an fx-wrapped function, a leaf module),
+  one real eval forward too: meta tensors cannot see what such code does with values (an index past a table);
 - ``output_shapes``: outputs keep their traced shapes, except dense outputs, which follow the input size;
 - ``dense_outputs``: each dense output keeps its leading dims and moves with the input size;
 - ``train_graph``: the train-mode graph (aux heads) runs, when there is one.
@@ -125,6 +127,24 @@ def check_forward(gm: fx.GraphModule, context: Context) -> list[str]:
     return []
 
 
+def check_opaque_forward(gm: fx.GraphModule, context: Context) -> list[str]:
+    """One real eval forward (random inputs at the current size) when the graph calls code without an op row."""
+    from fxscale.ops.table import UNKNOWN, module_row, node_row
+    modules = dict(gm.named_modules())
+    if not any(n.op == "call_function" and node_row(n) is UNKNOWN or n.op == "call_module"
+               and module_row(modules[n.target]) is None for n in gm.graph.nodes):
+        return []
+    was = gm.training
+    gm.eval()
+    try:
+        _forward(gm, example_inputs(gm))
+    except VerificationError as e:
+        return [str(e)]
+    finally:
+        gm.train(was)
+    return []
+
+
 def check_output_shapes(gm: fx.GraphModule, context: Context) -> list[str]:
     """Outputs keep the expected shapes (dense outputs were given their new shapes by the resolution pass)."""
     shapes = context.get("_out")
@@ -152,6 +172,7 @@ def check_train_graph(gm: fx.GraphModule, context: Context) -> list[str]:
 RULES: tuple[Rule, ...] = (
     Rule("param_shapes", check_param_shapes, "parameter widths follow their channel labels (static)"),
     Rule("forward", check_forward, "one shape-propagating forward at the current input size"),
+    Rule("opaque_forward", check_opaque_forward, "a real forward where code without an op row runs"),
     Rule("output_shapes", check_output_shapes, "outputs keep their shapes; dense outputs follow the input"),
     Rule("dense_outputs", check_dense_outputs, "dense outputs keep leading dims and move with the input"),
     Rule("train_graph", check_train_graph, "the train-mode graph runs"),

@@ -188,7 +188,15 @@ def check_sdpa_bias(s: "_Solver", n: fx.Node) -> None:
 def check_relative_bias(s: "_Solver", n: fx.Node, o: fx.Node, x: Any) -> bool:
     """Entry rule (with the position embeddings): ``o`` is a gathered bias table combined at ``n`` with scores
     ``x`` (a node, or the label of the scores) whose last two dims follow the input grid. Records the table and
-    index, and restarts; False when ``o`` is not such a gather or nothing conflicts."""
+    index, and restarts; False when ``o`` is not such a gather or nothing conflicts. A table that cannot be
+    rebuilt fails the current divisor decisions (the solver tries the others; the last failure names the node)."""
+    try:
+        return _check_relative_bias(s, n, o, x)
+    except PlanError as e:
+        raise _Fail(n, str(e).split(": ", 1)[-1] if str(e).startswith(f"node {n.name}") else str(e)) from None
+
+
+def _check_relative_bias(s: "_Solver", n: fx.Node, o: fx.Node, x: Any) -> bool:
     found = index_gather(o) or index_gather(o, layout=True)
     xl = x if isinstance(x, _T) else s.lab.get(x)
     if found is None or not isinstance(xl, _T) or not isinstance(s.vals.get(o, [None])[0], torch.Tensor):

@@ -186,8 +186,9 @@ def _solve_group(s: "_Solver", n: fx.Node, fg: list, ag: list) -> list:
     if fits(keep):
         return list(zip(keep, factors_for(keep)))
     unknown = [k for k, it in enumerate(ag) if it.kind == "lit"]
-    if len(unknown) == 1:
-        k = unknown[0]
+
+    def only(k: int) -> list:
+        """Literal ``k`` takes what the others leave of the total; every other size keeps its value."""
         vals = []
         for p in range(P):
             rest = math.prod(it.vals[p] for j, it in enumerate(ag) if j != k)
@@ -198,12 +199,18 @@ def _solve_group(s: "_Solver", n: fx.Node, fg: list, ag: list) -> list:
             raise _Fail(n, "inconsistent sizes")
         solved = [tuple(vals) if j == k else it.vals for j, it in enumerate(ag)]
         return list(zip(solved, factors_for(solved)))
+    if len(unknown) == 1:
+        return only(unknown[0])
     if not unknown:
         raise _Fail(n, "sizes do not match the input at the new resolution")
     distinct = {tuple(_pvals(sg, P) for sg in seg): seg for seg in segs}
     if len(distinct) > 1:
         full = {k: sg for k, sg in distinct.items() if all(sg[j] for j, it in enumerate(ag) if it.kind == "lit")}
         distinct = full if full else distinct
+    if len(distinct) != 1 and len(unknown) == 2 and len(fg) == 1:
+        # one spatial factor cut in two (Hiera's unroll view(B, H // 2, 2, ...)): one piece follows the input,
+        # the outer one first, then the inner one (a decision the solver backjumps over)
+        return only(unknown[s.decide(("split", n.name, ag[unknown[0]].path), n)])
     if len(distinct) != 1:
         why = "no way" if not distinct else "more than one way"
         raise _Fail(n, f"{why} to re-split sizes {[f.vals[0] for f in fg]} into {[it.traced for it in ag]} "
