@@ -12,11 +12,13 @@ from typing import Any, Callable
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 import fxscale
 from fxscale.ops import ROWS, node_row
 from fxscale.passes.spatial_constants import _Restart, _solve
 from fxscale.passes.spatial_constants import rules as R
+from fxscale.passes.spatial_constants.relbias import signed_offset_index
 from fxscale.tracing import META
 
 torch.set_num_threads(1)
@@ -35,6 +37,8 @@ class Net(nn.Module):
         self.tok = nn.Parameter(torch.randn(1, 1 + 16, 8))   # class token + 4x4 grid tokens
         self.pmap = nn.Parameter(torch.rand(1, 8, 4, 4) + 0.5)  # an NCHW map on the grid (away from 0: div)
         self.lin = nn.Linear(4, 4)
+        self.rel = nn.Parameter(torch.randn(2, 7 * 7))  # 2 heads x Swin's signed offsets of a 4x4 window
+        self.register_buffer("rel_idx", signed_offset_index((4, 4)).reshape(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self, x).sum()  # an output of one size at every resolution
@@ -83,6 +87,14 @@ def _mul(m: Net, x: torch.Tensor) -> torch.Tensor:
     return (y * m.pmap).reshape(s[0], s[1], s[2] * s[3])
 
 
+def _sdpa(m: Net, x: torch.Tensor) -> torch.Tensor:
+    """Attention over the whole grid with a Swin-style relative bias as SDPA's ``attn_mask``."""
+    t = m.proj(x).flatten(2).transpose(1, 2)
+    q = t.reshape(t.shape[0], t.shape[1], 2, 4).transpose(1, 2)
+    bias = m.rel[:, m.rel_idx].view(2, 16, 16).unsqueeze(0)
+    return F.scaled_dot_product_attention(q, q, q, attn_mask=bias)
+
+
 # Per table entry: the micro-net body that exercises it.
 NETS: dict[str, Callable[[Net, torch.Tensor], torch.Tensor]] = {
     "name:size": _sizes,
@@ -109,6 +121,7 @@ NETS: dict[str, Callable[[Net, torch.Tensor], torch.Tensor]] = {
     "arith:div": lambda m, x: m.proj(x) / m.pmap,
     "arith:mul": _mul,
     "unrowed:ne": _check_ne,
+    "name:sdpa": _sdpa,
 }
 # Table entries no micro-net exercises, with the reason (none at present).
 EXCLUDED: dict[str, str] = {}
@@ -280,3 +293,13 @@ def test_inplace_op_resolves_like_its_out_of_place_twin(op, mode):
     with torch.no_grad():
         assert torch.equal(new(xs.clone()), ref(xs.clone()))
     assert model.pos.shape == (1, 17, 8) and model.gate.shape == (1, 8, 4, 4)  # the originals are untouched
+
+
+def test_sdpa_bias_table_is_resampled_and_its_index_regenerated():
+    """The SDPA entry: at a 6x6 grid the signed-offset table holds 11x11 offsets and the index is Swin's."""
+    _model, gm = _trace(_sdpa)
+    new = fxscale.transform(gm, fxscale.ScalingPlan(resolution=(NEW, NEW)), resolution_mode="input")
+    assert tuple(new.rel.shape) == (2, 11 * 11)
+    assert torch.equal(new.rel_idx, signed_offset_index((6, 6)).reshape(-1))
+    with torch.no_grad():
+        assert torch.isfinite(new(torch.randn(1, 3, NEW, NEW)))
