@@ -74,6 +74,8 @@ def test_results_rows_carry_the_reported_fields(run_dir):
         assert lo <= r["test_top1"] <= hi
         assert r["within_budget"] == (r["same_as_baseline"] or r["latency_ratio_hi"] <= budget)
         assert r["search_compute"]["epochs"] >= 0 and r["search_compute"]["wall_s"] >= 0
+        t = r["train_compute"]
+        assert (t["epochs_per_seed"], t["start"]) == (TINY["epochs"], "scratch") and t["wall_s_per_seed"] > 0
     base = res["methods"][0]
     assert base["latency_ratio"] == 1.0 and base["search_compute"]["epochs"] == 0
     hac = next(r for r in res["methods"] if r["method"] == "hacscale")
@@ -86,7 +88,8 @@ def test_results_rows_carry_the_reported_fields(run_dir):
     assert all(0 <= d["p"] <= d["p_holm"] <= 1 for d in comp["vs_hacscale"].values())
     assert "FLOPs" in res["conventions"]["flops"] and "MACs" in res["conventions"]["flops"]
     report = (out / "report.md").read_text()
-    for needle in ("MACs (M)", "ratio [95% CI]", "Search compute", "Holm", "NeuralScale-lite", "Tie rule"):
+    for needle in ("MACs (M)", "ratio [95% CI]", "search epochs", "final epochs per seed", "Holm", "NeuralScale-lite",
+                   "Tie rule"):
         assert needle in report, needle
 
 
@@ -224,14 +227,17 @@ def test_stage_chain_follows_the_data_flow():
     assert stage_keys(dataclasses.replace(cfg, target="torch"))["alpha"] != stage_keys(cfg)["alpha"]  # s vs budget
 
 
-def test_rewritten_profile_file_changes_the_latency_model_key(tmp_path):
-    path = tmp_path / "p.json"
+@pytest.mark.parametrize(("field_name", "stage"), [("profile", "latency_model"), ("weights", "training")])
+def test_rewritten_file_changes_the_keys_that_read_it(tmp_path, field_name, stage):
+    """A profile or warm-start weights file rewritten under the same path: its stage and all downstream rerun."""
+    path = tmp_path / "f.bin"
     path.write_text("{}")
-    cfg = ScaleConfig(profile=str(path))
+    cfg = ScaleConfig(**{field_name: str(path)})
     first = stage_keys(cfg)
+    assert stage_keys(cfg) == first  # same bytes, same keys
     path.write_text('{"changed": 1}')
-    assert stage_keys(cfg)["latency_model"] != first["latency_model"]
-    assert stage_keys(cfg)["search"] != first["search"]
+    again = stage_keys(cfg)
+    assert {s for s in STAGES if again[s] != first[s]} == {stage} | downstream(stage)
 
 
 def test_model_without_scalable_groups_is_rejected(tmp_path):

@@ -250,7 +250,7 @@ def test_pipeline_start_trained_fine_tunes_plans_from_the_trained_baseline(tmp_p
     (out,) = pipe.train_many([("wide", plan, 0)], epochs=4)
     assert out.result.epochs == 1  # 25% of 4 epochs
     record = json.loads((pipe.stages / "warm_start.json").read_text())
-    assert record["baseline"]["source"] == "trained" and record["baseline"]["epochs"] == 4
+    assert record["baselines"]["0"]["source"] == "trained" and record["baselines"]["0"]["epochs"] == 4
     (cal,) = record["noise"].values()
     assert cal["noise"] >= 0 and cal["drifts"][0]["rel"] == 0.0
     weights = list((pipe.stages / "weights").glob("warm_baseline_*.pt"))
@@ -262,7 +262,32 @@ def test_pipeline_start_trained_fine_tunes_plans_from_the_trained_baseline(tmp_p
     given = _pipe(tmp_path / "w", weights=str(weights[0]), noise=0.0)
     b = _baseline(given)
     assert torch.equal(b.get_submodule("features.0").weight, _baseline(pipe).get_submodule("features.0").weight)
-    assert json.loads((given.stages / "warm_start.json").read_text())["baseline"]["epochs"] == 0
+    assert json.loads((given.stages / "warm_start.json").read_text())["baselines"]["all"]["epochs"] == 0
+    from fxscale.scaling.warm_pipeline import warm_of
+    assert warm_of(given).baseline(7) is b  # a given file is every seed's baseline
+    other = warm_of(pipe).baseline(1)  # without one, each training seed trains (and caches) its own
+    assert not torch.equal(other.get_submodule("features.0").weight, _baseline(pipe).get_submodule("features.0").weight)
+    assert set(json.loads((pipe.stages / "warm_start.json").read_text())["baselines"]) == {"0", "1"}
+
+
+def test_scale_start_trained_reports_warm_table_rows(tmp_path: Path) -> None:
+    """The whole pipeline warm: every Table I row is fine-tuned for 25% of the epochs from the trained baseline,
+    and results.json / report.md say so, with the baseline's training cost."""
+    from fxscale.scaling.pipeline import Pipeline, ScaleConfig
+    cfg = ScaleConfig(model="digits_vgg", data="digits", data_kw={"train_fraction": 0.2}, epochs=4, batch_size=32,
+                      start="trained", noise=0.0, progress=False, methods=("uniform",), seeds=(0, 1), samples=3,
+                      sample_epochs=1, search_epochs=1, runs=4, warmup=1, rounds=2, max_rounds=6, stride=4,
+                      latency_budget="1.5x", memory_budget="3x", variants=())
+    summary = Pipeline(cfg, tmp_path / "out", log=lambda _m: None).run()
+    rows = {r["method"]: r for r in summary["methods"]}
+    assert set(summary["warm_start"]["baselines"]) == {"0", "1"}  # one trained baseline per training seed
+    assert {"baseline", "uniform", "hacscale"} <= set(rows)
+    for r in rows.values():
+        assert (r["train_compute"]["epochs_per_seed"], r["train_compute"]["start"]) == (1, "trained")
+    for b in summary["warm_start"]["baselines"].values():
+        assert (b["source"], b["epochs"]) == ("trained", 4)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Warm start: every model above" in report and "2 baseline(s) came from training here (4 epochs" in report
 
 
 def _baseline(pipe):

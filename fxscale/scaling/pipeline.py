@@ -127,7 +127,7 @@ class Pipeline:
         from fxscale.scaling.warm_pipeline import warm_of
         w = warm_of(self)  # start="trained": each plan applied to the trained baseline, then fine-tuned warm
         jobs = [TrainJob(w.build(p, seed) if w else self.build(p, seed), self.bundle, self.train_cfg(epochs, seed),
-                         resolution=self.resolution_of(p), tag=tag, teacher=w.teacher(p) if w else None)
+                         resolution=self.resolution_of(p), tag=tag, teacher=w.teacher(p, seed) if w else None)
                 for tag, p, seed in plans]
         kw = ({"workers": self.cfg.workers} if self.cfg.executor == "local" else
               {"address": self.cfg.ray_address} if self.cfg.executor == "ray" else {})
@@ -259,11 +259,13 @@ class Pipeline:
         finally:
             timer.close()
         from fxscale.scaling.results import choose_hacscale, comparisons, method_rows
+        from fxscale.scaling.warm_pipeline import warm_of
         rows = method_rows(self, plans, results, meas, search, methods, alpha, ratio)
         choice = choose_hacscale(rows)
         summary = {"config": asdict(self.cfg), "alpha": alpha, "search": search, "methods": rows,
                    "method_plans": methods,  # each comparison method's predicted plan and measured back-off
                    "hacscale_choice": choice, "comparisons": comparisons(rows, cfg.seeds),
+                   "warm_start": getattr(warm_of(self), "record", None),  # baseline source and noise (start=trained)
                    "importance": pred.to_dict(), "importance_check": getattr(self, "importance_check", None),
                    "importance_sampling": getattr(self, "importance_compute", None), "latency_model": lat_model.to_dict(),
                    "baseline_predicted_ms": base_pred, "budget": {**asdict(budget), "latency_ratio": ratio},
@@ -382,16 +384,18 @@ class Pipeline:
     def _train_all(self, plans: dict[str, Any]) -> dict[str, Any]:
         jobs = [((name, s), ScalingPlan.from_json(json.dumps(p)), s) for name, p in plans.items()
                 for s in self.cfg.seeds]
-        self.log(f"[train] {len(jobs)} runs x {self.cfg.epochs} epochs")
+        self.log(f"[train] {len(jobs)} runs x {self.train_cfg(self.cfg.epochs, 0).epochs} epochs")  # warm: fewer
         outs = self.train_many(jobs, self.cfg.epochs)
         res: dict[str, Any] = {}
         wdir = self.stages / "weights"
         wdir.mkdir(parents=True, exist_ok=True)
         for (tag, _p, _s), o in zip(jobs, outs):
             name, seed = tag
-            r = res.setdefault(name, {"val_acc": [], "test_acc": []})
+            r = res.setdefault(name, {"val_acc": [], "test_acc": [], "epochs": [], "wall_s": []})
             r["val_acc"].append(o.result.best_val_acc)
             r["test_acc"].append(o.test_acc)
+            r["epochs"].append(o.result.epochs)
+            r["wall_s"].append(o.result.seconds)
             save_weights(o.state_dict, wdir / f"{name}_s{seed}.pt")
         return res
 

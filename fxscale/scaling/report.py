@@ -102,11 +102,21 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
              f"HACScale rows are chosen between on validation only: **{summary['hacscale_choice']['chosen']}** "
              "(exported as plan.json / model.*).", "", "## Statistics", ""]
     lines += _comparisons(summary["comparisons"])
-    lines += ["", "## Search compute (epochs trained and wall seconds spent choosing each plan)", "",
-              "| method | epochs | wall (s) | of which measured back-off (s) |", "|---|---:|---:|---:|"]
+    lines += ["", "## Compute (epochs trained and wall seconds spent choosing each plan, then training it)", "",
+              "| method | search epochs | search wall (s) | of which measured back-off (s) | final epochs per seed | "
+              "final wall per seed (s) |", "|---|---:|---:|---:|---:|---:|"]
     for r in summary["methods"]:
-        c = r["search_compute"]
-        lines.append(f"| {r['method']} | {c['epochs']} | {c['wall_s']:.1f} | {c.get('backoff_wall_s', 0.0):.1f} |")
+        c, t = r["search_compute"], r.get("train_compute") or {}
+        wall = t.get("wall_s_per_seed")
+        lines.append(f"| {r['method']} | {c['epochs']} | {c['wall_s']:.1f} | {c.get('backoff_wall_s', 0.0):.1f} | "
+                     f"{t.get('epochs_per_seed', '-')} | {'-' if wall is None else f'{wall:.1f}'} |")
+    if cfg.start == "trained":
+        bases = list(((summary.get("warm_start") or {}).get("baselines") or {}).values())
+        src = "--weights " + bases[0]["source"] if bases and bases[0]["epochs"] == 0 else "training here"
+        lines += ["", f"Warm start: every model above is the plan applied to its seed's trained baseline with "
+                  f"init=\"preserve\", fine-tuned for a fraction {cfg.warm_fraction} of the epochs; the "
+                  f"{len(bases)} baseline(s) came from {src} ({bases[0]['epochs'] if bases else '?'} epochs each, "
+                  f"{sum(b.get('seconds') or 0.0 for b in bases):.1f} s in all), a cost shared by every method."]
     lines += ["", f"## Alpha search (r = sqrt(s)^alpha, w = sqrt(s)^(1-alpha)); s = {a.get('s', cfg.flops_scale):.3f}"
               f"{' (largest s whose candidates all fit the budget)' if a.get('s_searched') else ''}", "",
               f"Candidates are equalised in FLOPs after rounding (tolerance {100 * a.get('flops_tol', 0):g}%). "

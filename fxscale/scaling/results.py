@@ -64,7 +64,10 @@ def method_rows(pipe: Any, plans: dict[str, Any], results: dict[str, Any], meas:
                "val_top1": statistics.fmean(val), "test_top1": mean, "test_top1_ci": [lo, hi],
                "val_acc": val, "test_acc": test,
                "per_seed": [{"seed": s, "val_top1": a, "test_top1": b} for s, a, b in zip(seeds, val, test)],
-               "search_compute": _compute(name, search, methods, alpha, imp)}
+               "search_compute": _compute(name, search, methods, alpha, imp),
+               "train_compute": {"epochs_per_seed": (r.get("epochs") or [None])[0],
+                                 "wall_s_per_seed": statistics.fmean(r["wall_s"]) if r.get("wall_s") else None,
+                                 "start": pipe.cfg.start}}
         row["utilization"] = c.flops / (m["median"] * 1e6) if m["median"] > 0 else float("nan")
         # a plan identical to the baseline's is the baseline model: its measured ratio only shows the noise floor
         row["same_as_baseline"] = _is_baseline(pipe, plan)

@@ -41,15 +41,20 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 UNKEYED = ("workers", "executor", "ray_address", "progress", "max_memory", "static_batch")
 
 
+def _file_digest(path: Path) -> Optional[str]:
+    """sha256 of a file's bytes; None when missing or unreadable (its stage then raises an error naming it)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def stage_keys(cfg: Any) -> dict[str, str]:
     """The key of every STAGES entry: a hash of its own fields' values and its upstream stages' keys."""
     values = asdict(cfg)
-    if cfg.profile:  # a rewritten profile file changes the latency model under the same path
-        try:
-            digest: Optional[str] = hashlib.sha256(Path(cfg.profile).read_bytes()).hexdigest()
-        except OSError:  # missing or unreadable: LatencyPredictor raises a ProfileError naming the file
-            digest = None
-        values["profile"] = {"path": str(cfg.profile), "sha256": digest}
+    for name in ("profile", "weights"):  # a rewritten file changes the latency model / the warm start
+        if values.get(name):             # under the same path: key its content, not only its name
+            values[name] = {"path": str(values[name]), "sha256": _file_digest(Path(values[name]))}
     keys: dict[str, str] = {}
     for name, (fields_, upstream) in STAGES.items():
         blob = json.dumps({"stage": name, "fields": {f: values[f] for f in fields_},

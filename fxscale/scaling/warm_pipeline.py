@@ -1,12 +1,15 @@
 """`fxscale scale --start trained`: the pipeline's side of warm starts (see fxscale.scaling.warm).
 
-The trained baseline comes from ``--weights`` or is trained first, once, with the from-scratch recipe for
-``epochs`` epochs (cached in OUT/stages/weights/warm_baseline_<key>.pt). Every model the pipeline trains (alpha
-candidates, importance samples, the final methods, the baseline row itself) is then the plan applied to the
-baseline with ``init="preserve"`` plus symmetry-breaking noise (``noise``; "auto" calibrates it per plan on a
-validation batch), fine-tuned with WarmRecipe: ``warm_fraction`` of the epochs that stage trains from scratch,
-a lower peak lr with warm-up, optionally distilled from the baseline. OUT/stages/warm_start.json records the
-baseline's source and training time and each plan's noise calibration.
+The trained baseline comes from ``--weights`` (one baseline for every seed: seeds then vary the fine-tune only)
+or is trained first with the from-scratch recipe for ``epochs`` epochs, once per training seed, so that a run over
+several seeds samples the baseline's training too, as the from-scratch runs do (cached in
+OUT/stages/weights/warm_baseline_<key>.pt). Every model the pipeline trains with seed s (alpha candidates,
+importance samples, the final methods, the baseline row itself) is then the plan applied to seed s's baseline
+with ``init="preserve"`` plus symmetry-breaking noise (``noise``; "auto" calibrates it per plan on a validation
+batch, on the first seed's baseline), fine-tuned with WarmRecipe: ``warm_fraction`` of the epochs that stage
+trains from scratch, a lower peak lr with warm-up, optionally distilled from that baseline.
+OUT/stages/warm_start.json records each baseline's source and training time (``baselines``, by seed) and each
+plan's noise calibration.
 """
 from __future__ import annotations
 
@@ -32,57 +35,63 @@ class WarmPipeline:
         self.pipe = pipe
         cfg = pipe.cfg
         self.recipe = WarmRecipe(fraction=cfg.warm_fraction, distill=cfg.distill)
-        self._baseline: Optional[fx.GraphModule] = None
-        self._noise: dict[str, Any] = {}  # per plan: calibrated noise; per resolution: the teacher
-        self.record: dict[str, Any] = {"bn": BN, "recipe": dataclasses.asdict(self.recipe), "noise": {}}
+        self._baselines: dict[Optional[int], fx.GraphModule] = {}  # by training seed (None: the --weights file)
+        self._noise: dict[str, Any] = {}  # per plan: calibrated noise; per (resolution, seed): the teacher
+        self.record: dict[str, Any] = {"bn": BN, "recipe": dataclasses.asdict(self.recipe), "noise": {},
+                                       "baselines": {}}
 
-    def _key(self) -> str:
+    def _key(self, seed: int) -> str:
         cfg = self.pipe.cfg
-        blob = {"input": self.pipe.keys["input"], "epochs": cfg.epochs, "seed": cfg.seeds[0], "lr": cfg.lr,
+        blob = {"input": self.pipe.keys["input"], "epochs": cfg.epochs, "seed": seed, "lr": cfg.lr,
                 "batch_size": cfg.batch_size, "device": cfg.device}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
-    def baseline(self) -> fx.GraphModule:
-        """The trained baseline (eval mode): loaded from cfg.weights, from the cache, or trained here once."""
-        if self._baseline is not None:
-            return self._baseline
+    def baseline(self, seed: Optional[int] = None) -> fx.GraphModule:
+        """The trained baseline of a training seed (eval mode; default: the first seed): loaded from cfg.weights
+        (the same for every seed), from the cache, or trained here once per seed."""
         from fxscale.api import copy_graph_module
         from fxscale.train import train
         cfg, pipe = self.pipe.cfg, self.pipe
+        seed = cfg.seeds[0] if seed is None else seed
+        slot = None if cfg.weights else seed
+        if slot in self._baselines:
+            return self._baselines[slot]
         gm = copy_graph_module(pipe.gm)
         if cfg.weights:
             load_state(gm, cfg.weights, "weights")
-            self.record["baseline"] = {"source": str(cfg.weights), "epochs": 0, "seconds": 0.0}
+            self.record["baselines"]["all"] = {"source": str(cfg.weights), "epochs": 0, "seconds": 0.0}
         else:
-            path = pipe.stages / "weights" / f"warm_baseline_{self._key()}.pt"
+            path = pipe.stages / "weights" / f"warm_baseline_{self._key(seed)}.pt"
             if path.is_file():
                 gm.load_state_dict(load_weights(path))
-                pipe.log(f"[warm] trained baseline resumed from {path}")
-                self.record.setdefault("baseline", {"source": str(path), "epochs": cfg.epochs, "seconds": None})
+                pipe.log(f"[warm] trained baseline (seed {seed}) resumed from {path}")
+                self.record["baselines"].setdefault(str(seed), {"source": str(path), "epochs": cfg.epochs,
+                                                                "seconds": None})
             else:
-                pipe.log(f"[warm] training the baseline from scratch for {cfg.epochs} epochs (seed {cfg.seeds[0]})")
+                pipe.log(f"[warm] training the baseline from scratch for {cfg.epochs} epochs (seed {seed})")
                 t0 = time.perf_counter()
-                res = train(gm, pipe.bundle, pipe.train_cfg(cfg.epochs, cfg.seeds[0], warm=False),
+                res = train(gm, pipe.bundle, pipe.train_cfg(cfg.epochs, seed, warm=False),
                             pipe.resolution_of(ScalingPlan()))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_weights(gm.state_dict(), path)
-                self.record["baseline"] = {"source": "trained", "epochs": cfg.epochs,
-                                           "seconds": time.perf_counter() - t0, "best_val_acc": res.best_val_acc}
-        self._baseline = gm.eval()
+                self.record["baselines"][str(seed)] = {"source": "trained", "epochs": cfg.epochs,
+                                                       "seconds": time.perf_counter() - t0,
+                                                       "best_val_acc": res.best_val_acc}
+        self._baselines[slot] = gm.eval()
         self._save()
-        return self._baseline
+        return self._baselines[slot]
 
-    def teacher(self, plan: ScalingPlan) -> Optional[fx.GraphModule]:
-        """The distillation teacher when distill > 0: the baseline, taking the plan's input resolution (the
+    def teacher(self, plan: ScalingPlan, seed: Optional[int] = None) -> Optional[fx.GraphModule]:
+        """The distillation teacher when distill > 0: the seed's baseline, taking the plan's input resolution (the
         resolution pass adapts it exactly as it adapts the student: position embeddings, spatial constants)."""
         if self.recipe.distill <= 0:
             return None
         res = plan.resolution
         if res is None or tuple(res) == tuple(self.pipe.resolution_of(ScalingPlan())):
-            return self.baseline()
-        key = f"teacher{tuple(res)}"
+            return self.baseline(seed)
+        key = f"teacher{tuple(res)}/{seed}"
         if key not in self._noise:
-            self._noise[key] = warm_start(self.baseline(), ScalingPlan(resolution=tuple(res)),
+            self._noise[key] = warm_start(self.baseline(seed), ScalingPlan(resolution=tuple(res)),
                                           resolution_mode="input").eval()
         return self._noise[key]
 
@@ -104,8 +113,8 @@ class WarmPipeline:
         return self._noise[key]
 
     def build(self, plan: ScalingPlan, seed: int = 0) -> fx.GraphModule:
-        """The plan's model, warm-started from the trained baseline (train mode, ready to fine-tune)."""
-        new = warm_start(self.baseline(), plan, noise=self.noise_for(plan), bn=BN, seed=seed,
+        """The plan's model, warm-started from the seed's trained baseline (train mode, ready to fine-tune)."""
+        new = warm_start(self.baseline(seed), plan, noise=self.noise_for(plan), bn=BN, seed=seed,
                          resolution_mode="input")
         return new.train()
 
