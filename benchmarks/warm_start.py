@@ -33,7 +33,7 @@ import fxscale  # noqa: E402
 from fxscale.data import get_dataset, loader  # noqa: E402
 from fxscale.plan import ScalingPlan  # noqa: E402
 from fxscale.scaling.stats import mean_ci, paired_bootstrap  # noqa: E402
-from fxscale.scaling.warm import WarmRecipe, calibrate_noise, output_drift, warm_start  # noqa: E402
+from fxscale.scaling.warm import WarmRecipe, calibrate_noise, output_drift, teacher_for, warm_start  # noqa: E402
 from fxscale.train import TrainConfig, evaluate, train  # noqa: E402
 from fxscale.zoo import create_model  # noqa: E402
 
@@ -86,7 +86,7 @@ def one_seed(name: str, bundle: Any, plan_arg: Any, args: argparse.Namespace, se
     for tag, (noise, kd) in variants.items():
         model = warm_start(base, plan, noise=noise, seed=seed).train()
         cfg = WarmRecipe(fraction=args.fraction, distill=kd).train_config(scratch)
-        out[tag] = run(model, bundle, cfg, res, teacher=base if kd > 0 else None)
+        out[tag] = run(model, bundle, cfg, res, teacher=teacher_for(base, plan) if kd > 0 else None)
         out[tag]["start_test_acc"] = evaluate(warm_start(base, plan, noise=noise, seed=seed), bundle, "test", res)
     out["scratch-k"] = run(scratch_model(base, plan, seed), bundle, TrainConfig(**{**scratch.__dict__, "epochs": k}),
                            res)

@@ -208,6 +208,25 @@ def test_warm_fine_tune_with_distillation_starts_at_the_baseline(trained, small_
         train(new, small_digits, cfg)
 
 
+def test_teacher_at_a_new_resolution_sees_its_own_resolution(trained, small_digits) -> None:
+    """A student at 12 px distils from the baseline fed its batch resized back to 8 px: the same logits as the
+    baseline on the resized batch, and a better teacher than the baseline run at 12 px directly."""
+    from fxscale.data import loader
+    from fxscale.scaling.warm import NativeTeacher, teacher_for
+    from fxscale.train import evaluate
+    assert teacher_for(trained, uniform_plan(fxscale.analyze(trained), 1.5)) is trained  # same resolution
+    plan = ScalingPlan(resolution=(12, 12))
+    teacher = teacher_for(trained, plan)
+    assert isinstance(teacher, NativeTeacher) and teacher.resolution == (8, 8)
+    x = next(iter(loader(small_digits, "val", 64, (12, 12), shuffle=False)))[0]
+    with torch.no_grad():
+        back = F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
+        assert torch.equal(teacher(x), trained(back))
+    direct = evaluate(warm_start(trained, plan), small_digits, "val", (12, 12))
+    native = evaluate(teacher, small_digits, "val", (12, 12))
+    assert native > direct + 0.2 and native >= evaluate(trained, small_digits, "val") - 0.06
+
+
 def test_taylor_importance_of_a_trained_net_keeps_other_channels_than_l1(trained, small_digits) -> None:
     imp = taylor_importance(trained, small_digits, batches=2, batch_size=32)
     cg = fxscale.analyze(trained)
@@ -265,6 +284,10 @@ def test_pipeline_start_trained_fine_tunes_plans_from_the_trained_baseline(tmp_p
     assert json.loads((given.stages / "warm_start.json").read_text())["baselines"]["all"]["epochs"] == 0
     from fxscale.scaling.warm_pipeline import warm_of
     assert warm_of(given).baseline(7) is b  # a given file is every seed's baseline
+    from fxscale.train import train as train_run
+    same = pipe.build(ScalingPlan(), 0)  # seed 0's baseline is the from-scratch baseline row of seed 0, exactly
+    train_run(same, pipe.bundle, pipe.train_cfg(pipe.cfg.epochs, 0, warm=False), pipe.resolution_of(ScalingPlan()))
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), _baseline(pipe).state_dict().values()))
     other = warm_of(pipe).baseline(1)  # without one, each training seed trains (and caches) its own
     assert not torch.equal(other.get_submodule("features.0").weight, _baseline(pipe).get_submodule("features.0").weight)
     assert set(json.loads((pipe.stages / "warm_start.json").read_text())["baselines"]) == {"0", "1"}

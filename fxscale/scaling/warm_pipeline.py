@@ -1,8 +1,8 @@
 """`fxscale scale --start trained`: the pipeline's side of warm starts (see fxscale.scaling.warm).
 
 The trained baseline comes from ``--weights`` (one baseline for every seed: seeds then vary the fine-tune only)
-or is trained first with the from-scratch recipe for ``epochs`` epochs, once per training seed, so that a run over
-several seeds samples the baseline's training too, as the from-scratch runs do (cached in
+or is trained first for ``epochs`` epochs once per training seed, initialised and trained exactly as the from-scratch
+run's baseline row of that seed (so a run over several seeds samples the baseline's training too; cached in
 OUT/stages/weights/warm_baseline_<key>.pt). Every model the pipeline trains with seed s (alpha candidates,
 importance samples, the final methods, the baseline row itself) is then the plan applied to seed s's baseline
 with ``init="preserve"`` plus symmetry-breaking noise (``noise``; "auto" calibrates it per plan on a validation
@@ -20,10 +20,11 @@ import time
 from typing import Any, Optional
 
 import torch.fx as fx
+from torch import nn
 
 from fxscale.plan import ScalingPlan
 from fxscale.scaling.stages import atomic_write, load_weights, save_weights
-from fxscale.scaling.warm import WarmRecipe, calibrate_noise, load_state, warm_start
+from fxscale.scaling.warm import WarmRecipe, calibrate_noise, load_state, teacher_for, warm_start
 
 BN = "carry"  # the carried statistics are exact and need no data; see fxscale.scaling.warm
 
@@ -36,14 +37,14 @@ class WarmPipeline:
         cfg = pipe.cfg
         self.recipe = WarmRecipe(fraction=cfg.warm_fraction, distill=cfg.distill)
         self._baselines: dict[Optional[int], fx.GraphModule] = {}  # by training seed (None: the --weights file)
-        self._noise: dict[str, Any] = {}  # per plan: calibrated noise; per (resolution, seed): the teacher
+        self._noise: dict[str, Any] = {}  # per plan: its calibrated noise
         self.record: dict[str, Any] = {"bn": BN, "recipe": dataclasses.asdict(self.recipe), "noise": {},
                                        "baselines": {}}
 
     def _key(self, seed: int) -> str:
         cfg = self.pipe.cfg
         blob = {"input": self.pipe.keys["input"], "epochs": cfg.epochs, "seed": seed, "lr": cfg.lr,
-                "batch_size": cfg.batch_size, "device": cfg.device}
+                "batch_size": cfg.batch_size, "device": cfg.device, "init": "as the scratch baseline row"}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def baseline(self, seed: Optional[int] = None) -> fx.GraphModule:
@@ -56,11 +57,13 @@ class WarmPipeline:
         slot = None if cfg.weights else seed
         if slot in self._baselines:
             return self._baselines[slot]
-        gm = copy_graph_module(pipe.gm)
         if cfg.weights:
+            gm = copy_graph_module(pipe.gm)
             load_state(gm, cfg.weights, "weights")
             self.record["baselines"]["all"] = {"source": str(cfg.weights), "epochs": 0, "seconds": 0.0}
         else:
+            # initialised and trained exactly as the from-scratch run's baseline row of this seed
+            gm = pipe.build(ScalingPlan(), seed)
             path = pipe.stages / "weights" / f"warm_baseline_{self._key(seed)}.pt"
             if path.is_file():
                 gm.load_state_dict(load_weights(path))
@@ -81,19 +84,12 @@ class WarmPipeline:
         self._save()
         return self._baselines[slot]
 
-    def teacher(self, plan: ScalingPlan, seed: Optional[int] = None) -> Optional[fx.GraphModule]:
-        """The distillation teacher when distill > 0: the seed's baseline, taking the plan's input resolution (the
-        resolution pass adapts it exactly as it adapts the student: position embeddings, spatial constants)."""
+    def teacher(self, plan: ScalingPlan, seed: Optional[int] = None) -> Optional[nn.Module]:
+        """The distillation teacher when distill > 0: the seed's baseline, behind NativeTeacher when the plan
+        changes the input resolution (see fxscale.scaling.warm.teacher_for)."""
         if self.recipe.distill <= 0:
             return None
-        res = plan.resolution
-        if res is None or tuple(res) == tuple(self.pipe.resolution_of(ScalingPlan())):
-            return self.baseline(seed)
-        key = f"teacher{tuple(res)}/{seed}"
-        if key not in self._noise:
-            self._noise[key] = warm_start(self.baseline(seed), ScalingPlan(resolution=tuple(res)),
-                                          resolution_mode="input").eval()
-        return self._noise[key]
+        return teacher_for(self.baseline(seed), plan)
 
     def noise_for(self, plan: ScalingPlan) -> float:
         """cfg.noise, or (noise="auto") the calibrated noise of this plan on the first validation batch."""
