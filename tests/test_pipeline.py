@@ -293,3 +293,29 @@ def test_greedy_runs_on_a_device_profile_predictor(tmp_path):
                                 rule="cost", align=8)
     assert r.steps and r.latency_ms <= 1.3 * base
     assert r.latency_ms == pytest.approx(lat.predict(cg, r.plan), rel=1e-9)
+
+
+def test_each_seed_trains_on_its_own_split_unless_fixed(tmp_path, monkeypatch):
+    """split_per_seed (default): seed s uses the dataset built with split seed s; seed 0 is the pipeline's bundle,
+    and every training job of seed s gets seed s's bundle. --fixed-split: one bundle for all."""
+    pipe = Pipeline(ScaleConfig(seeds=(0, 1), data_kw={"train_fraction": 0.3}), tmp_path / "a", log=lambda _m: None)
+    b0, b1 = pipe.bundle_for(0), pipe.bundle_for(1)
+    assert b0 is pipe.bundle and pipe.bundle_for(1) is b1
+    assert b0.splits["test"].indices != b1.splits["test"].indices and "(seed 1)" in b1.splits["test"].how
+    assert set(b1.splits["test"].indices).isdisjoint(b1.splits["train"].indices)  # still disjoint within a seed
+    seen: list = []
+
+    class Recording:
+        def __init__(self, **_kw): pass
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def map(self, fn, jobs): seen.extend(j.dataset for j in jobs); return []
+
+    import fxscale.executor
+    monkeypatch.setattr(fxscale.executor, "get_executor", lambda *_a, **_k: Recording())
+    plan = fxscale.ScalingPlan()
+    pipe.cfg.progress = False
+    pipe.train_many([("a", plan, 0), ("b", plan, 1)], epochs=1)
+    assert seen == [b0, b1]
+    fixed = Pipeline(ScaleConfig(seeds=(0, 1), split_per_seed=False), tmp_path / "b", log=lambda _m: None)
+    assert fixed.bundle_for(1) is fixed.bundle

@@ -64,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        max_memory=args.max_memory, static_batch=args.static_batch,
                        start=args.start, weights=args.weights, warm_fraction=args.warm_fraction, noise=args.noise,
                        distill=args.distill, variants=_names(args.variants) if args.variants is not None else
-                       d.variants, search_s=not args.fixed_s, flops_tol=args.flops_tol, ci_halfwidth=args.ci_halfwidth,
+                       d.variants, search_s=not args.fixed_s, split_per_seed=not args.fixed_split, flops_tol=args.flops_tol, ci_halfwidth=args.ci_halfwidth,
                        max_rounds=args.max_rounds, baseline_align=args.baseline_align)
 
 
@@ -143,6 +143,9 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-align", type=_int, default=d.baseline_align,
                    help="round the comparison methods' widths to multiples of this (default 8: ORT/MLAS blocks "
                         "channels by 8, and unaligned widening costs about +50%% latency on a CPU; 1: unaligned)")
+    p.add_argument("--fixed-split", action="store_true",
+                   help="every seed trains, validates and tests on one data split (default: seed s uses the "
+                        "dataset's split seed base + s, so the CIs sample the split too)")
     p.add_argument("--fixed-s", action="store_true",
                    help="use s = --flops-scale for the alpha candidates (default: with a budget, the largest s <= "
                         "--flops-scale whose candidates all fit it)")

@@ -58,6 +58,7 @@ class ScaleConfig:
     max_rounds: int = 60  # ... or this many interleaved rounds
     methods: tuple[str, ...] = ("uniform", "resolution", "efficientnet", "dollar", "neuralscale-lite")
     seeds: tuple[int, ...] = (0,)
+    split_per_seed: bool = True  # seed s trains/validates/tests on the dataset built with split seed base + s
     batch_size: int = 64
     lr: float = 0.05
     runs: int = 200  # the paper times 50 runs; sub-0.1 ms models on a shared CPU need more for a stable median

@@ -72,6 +72,7 @@ class Pipeline:
         from fxscale.data import get_dataset
         from fxscale.hw.targets import get_target
         self.bundle = get_dataset(cfg.data, **cfg.data_kw)
+        self._bundles: dict[int, Any] = {0: self.bundle}
         opts = {"threads": cfg.threads} if cfg.target in ("ort", "torch") else \
             {"threads": cfg.threads, "plan": cfg.inference_plan} if cfg.target == "hybrid" else \
             {"trtexec": cfg.trtexec} if cfg.target == "trtexec" and cfg.trtexec else {}
@@ -107,6 +108,20 @@ class Pipeline:
                 m.reset_parameters()
         return new
 
+    def bundle_for(self, seed: int) -> Any:
+        """The data a run with training seed `seed` trains, validates and tests on. With split_per_seed (the
+        default) it is the dataset built with split seed base + seed (base: data_kw's seed, else 0), so runs over
+        several seeds sample the data split too and seed 0 is `self.bundle`; otherwise `self.bundle` for all. A
+        dataset with fixed official splits varies what its seed varies (CIFAR: the validation hold-out; glyphs:
+        the rendering and the font split)."""
+        if not self.cfg.split_per_seed:
+            return self.bundle
+        if seed not in self._bundles:
+            from fxscale.data import get_dataset
+            kw = {**self.cfg.data_kw, "seed": int(self.cfg.data_kw.get("seed", 0)) + seed}
+            self._bundles[seed] = get_dataset(self.cfg.data, **kw)
+        return self._bundles[seed]
+
     def resolution_of(self, plan: ScalingPlan) -> tuple[int, int]:
         """Input (H, W) of a plan's model."""
         return tuple(plan.resolution or self.gm.meta["fxscale"]["resolution"])
@@ -126,7 +141,8 @@ class Pipeline:
         from fxscale.train import TrainJob, run_job
         from fxscale.scaling.warm_pipeline import warm_of
         w = warm_of(self)  # start="trained": each plan applied to the trained baseline, then fine-tuned warm
-        jobs = [TrainJob(w.build(p, seed) if w else self.build(p, seed), self.bundle, self.train_cfg(epochs, seed),
+        jobs = [TrainJob(w.build(p, seed) if w else self.build(p, seed), self.bundle_for(seed),
+                         self.train_cfg(epochs, seed),
                          resolution=self.resolution_of(p), tag=tag, teacher=w.teacher(p, seed) if w else None)
                 for tag, p, seed in plans]
         kw = ({"workers": self.cfg.workers} if self.cfg.executor == "local" else
@@ -273,7 +289,9 @@ class Pipeline:
                                    "column counts MACs", "latency_ratio": "median over interleaved rounds of the "
                                    "method's round median / the baseline's, with a 95% order-statistic interval",
                                    "test_top1_ci": "95% percentile bootstrap of the mean over seeds "
-                                   "(fxscale.scaling.stats.mean_ci; nan with one seed)"}}
+                                   "(fxscale.scaling.stats.mean_ci; nan with one seed)",
+                                   "splits": "seed s trains, validates and tests on the dataset's split seed base + s"
+                                   if cfg.split_per_seed else "every seed trains, validates and tests on one split"}}
         from fxscale.scaling.report import write_outputs
         write_outputs(self, summary, ScalingPlan.from_json(json.dumps(plans[choice["chosen"]])), choice["chosen"])
         return summary

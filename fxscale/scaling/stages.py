@@ -21,7 +21,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "input": (("model", "data", "data_kw", "leaf"), ()),  # the traced model and dataset every stage works on
     "timing": (("target", "threads", "runs", "warmup", "rounds", "trtexec", "inference_plan"),
                ()),  # Pipeline.measure (target "hybrid" times each model under the inference plan)
-    "training": (("batch_size", "lr", "seeds", "device", "start", "weights", "warm_fraction", "noise", "distill"),
+    "training": (("batch_size", "lr", "seeds", "split_per_seed", "device", "start", "weights", "warm_fraction",
+                  "noise", "distill"),
                  ()),  # Pipeline.train_cfg (seeds[0] for searches); start=trained: every training starts warm
     "backoff": (("ci_halfwidth", "max_rounds"), ()),  # measured acceptance (scaling.backoff) of every method
     "latency_model": (("profile",), ("input", "timing")),

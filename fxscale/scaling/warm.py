@@ -22,7 +22,7 @@ rate (``lr_scale`` x the scratch lr), one epoch of linear warm-up, then cosine; 
 baseline (``distill`` weight, temperature ``temperature``). When the plan changes the input resolution, the
 teacher is `NativeTeacher`: the baseline fed the student's batch resized back to the baseline's own resolution.
 The baseline run at the new resolution directly is a poor teacher: on digits at 8 -> 10 px it scored 80% against
-99% at its own size, and distilling from it cost 1.4 points (benchmarks/warm_start.py, HACScale's 10 px plan).
+99% at its own size, and distilling from it cost 1.4 points (the warm-start benchmark on HACScale's 10 px plan).
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class WarmPipeline:
             else:
                 pipe.log(f"[warm] training the baseline from scratch for {cfg.epochs} epochs (seed {seed})")
                 t0 = time.perf_counter()
-                res = train(gm, pipe.bundle, pipe.train_cfg(cfg.epochs, seed, warm=False),
+                res = train(gm, pipe.bundle_for(seed), pipe.train_cfg(cfg.epochs, seed, warm=False),
                             pipe.resolution_of(ScalingPlan()))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_weights(gm.state_dict(), path)
