@@ -64,8 +64,9 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        max_memory=args.max_memory, static_batch=args.static_batch,
                        start=args.start, weights=args.weights, warm_fraction=args.warm_fraction, noise=args.noise,
                        distill=args.distill, variants=_names(args.variants) if args.variants is not None else
-                       d.variants, search_s=not args.fixed_s, split_per_seed=not args.fixed_split, flops_tol=args.flops_tol, ci_halfwidth=args.ci_halfwidth,
-                       max_rounds=args.max_rounds, baseline_align=args.baseline_align)
+                       d.variants, search_s=not args.fixed_s, split_per_seed=not args.fixed_split,
+                       flops_tol=args.flops_tol, ci_halfwidth=args.ci_halfwidth, max_rounds=args.max_rounds,
+                       baseline_align=args.baseline_align)
 
 
 def validate(args: argparse.Namespace, labels: dict[str, str]) -> ScaleConfig:

@@ -148,7 +148,7 @@ class NativeTeacher(nn.Module):
 def teacher_for(baseline: fx.GraphModule, plan: ScalingPlan) -> nn.Module:
     """The distillation teacher of a plan's student: the baseline itself, or at a new input resolution the
     baseline behind `NativeTeacher`."""
-    res = tuple(baseline.meta["fxscale"]["resolution"])
+    res = tuple(baseline.meta[META]["resolution"])
     if plan.resolution is None or tuple(plan.resolution) == res:
         return baseline
     return NativeTeacher(baseline, res)

@@ -44,7 +44,8 @@ class WarmPipeline:
     def _key(self, seed: int) -> str:
         cfg = self.pipe.cfg
         blob = {"input": self.pipe.keys["input"], "epochs": cfg.epochs, "seed": seed, "lr": cfg.lr,
-                "batch_size": cfg.batch_size, "device": cfg.device, "init": "as the scratch baseline row"}
+                "batch_size": cfg.batch_size, "device": cfg.device, "split_per_seed": cfg.split_per_seed,
+                "init": "as the scratch baseline row"}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def baseline(self, seed: Optional[int] = None) -> fx.GraphModule:
