@@ -149,9 +149,7 @@ def teacher_for(baseline: fx.GraphModule, plan: ScalingPlan) -> nn.Module:
     """The distillation teacher of a plan's student: the baseline itself, or at a new input resolution the
     baseline behind `NativeTeacher`."""
     res = tuple(baseline.meta[META]["resolution"])
-    if plan.resolution is None or tuple(plan.resolution) == res:
-        return baseline
-    return NativeTeacher(baseline, res)
+    return baseline if tuple(new_resolution(baseline, plan)) == res else NativeTeacher(baseline, res)
 
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
