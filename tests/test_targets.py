@@ -98,23 +98,25 @@ def test_registry_instance_is_isolated():
         reg.register("ort", OrtCpuTarget)
 
 
-def test_interleaved_self_comparison_is_near_one():
+def assert_sane_ab(res: ABResult, rounds: int, runs: int) -> None:
+    """Structure of a real A/B timing (no wall-clock thresholds: a shared CI machine makes any bound flaky)."""
+    assert isinstance(res, ABResult) and len(res.ratios) == rounds
+    assert_sane(res.a, runs)
+    assert_sane(res.b, runs)
+    assert all(r > 0 for r in res.ratios)
+    assert res.ratio_low <= res.ratio_median <= res.ratio_high and 0 < res.confidence <= 1
+
+
+def test_interleaved_self_comparison_runs_on_torch():
     net = conv_net(16)
-    res = compare_interleaved(get_target("torch"), net, net, (1, 3, 32, 32), QUICK, rounds=5)
-    assert isinstance(res, ABResult) and len(res.ratios) == 5
-    assert_sane(res.a, QUICK.runs)
-    assert_sane(res.b, QUICK.runs)
-    assert 0.5 < res.ratio_median < 2.0
+    assert_sane_ab(compare_interleaved(get_target("torch"), net, net, (1, 3, 32, 32), QUICK, rounds=5), 5, QUICK.runs)
 
 
-def test_interleaved_wider_net_is_slower_and_shapes_may_differ():
-    ort_target = get_target("ort")
-    proto = MeasureProtocol(warmup=1, runs=10, statistic="median")
-    wide = compare_interleaved(ort_target, conv_net(16), conv_net(128), (1, 3, 64, 64), proto, rounds=5)
-    assert wide.ratio_median > 4 and wide.b.median > wide.a.median
-    small = compare_interleaved(ort_target, conv_net(32), conv_net(32), (1, 3, 64, 64), proto, rounds=5,
-                                input_shape_b=(1, 3, 32, 32))
-    assert small.ratio_median < 0.8
+def test_interleaved_ort_takes_different_input_shapes():
+    proto = MeasureProtocol(warmup=1, runs=4, statistic="median")
+    res = compare_interleaved(get_target("ort"), conv_net(32), conv_net(32), (1, 3, 64, 64), proto, rounds=3,
+                              input_shape_b=(1, 3, 32, 32))
+    assert_sane_ab(res, 3, proto.runs)
 
 
 class CountingTarget:
@@ -142,3 +144,11 @@ def test_interleaving_alternates_order_without_prepare():
     assert res.a.runs == res.b.runs == 7 and res.a.device == "fake"
     with pytest.raises(TargetError, match="rounds"):
         compare_interleaved(target, {}, {}, (1, 3, 8, 8), rounds=0)
+
+
+@pytest.mark.parametrize(("cost_a", "cost_b", "ratio"), [(2.0, 2.0, 1.0), (1.0, 8.0, 8.0), (4.0, 1.0, 0.25)])
+def test_interleaved_ratio_is_b_over_a(cost_a, cost_b, ratio):
+    res = compare_interleaved(CountingTarget(), {"id": "a", "cost": cost_a}, {"id": "b", "cost": cost_b},
+                              (1, 3, 8, 8), MeasureProtocol(warmup=0, runs=3), rounds=4)
+    assert res.ratio_median == pytest.approx(ratio) and res.ratio_low == pytest.approx(ratio)
+    assert res.ratio_high == pytest.approx(ratio) and res.b.median == pytest.approx(cost_b)
