@@ -12,7 +12,7 @@ from fxscale.cli import main
 TINY = ["digits_resnet", "--data", "digits", "--data-kw", '{"train_fraction": 0.3}', "--target", "ort",
         "--latency-budget", "0.7x", "--teacher-epochs", "1", "--distill-epochs", "1", "--finetune-epochs", "1",
         "--candidates", "teacher,skip,cn_k3,ds_k3", "--runs", "3", "--rounds", "3", "--additivity", "1",
-        "--frontier", "0.7", "--baselines", "uniform,random,greedy", "--quiet"]
+        "--frontier", "0.7", "--baselines", "uniform,random,greedy,hacscale,hant_scale", "--quiet"]
 
 
 def test_accelerate_writes_every_file_and_resumes(tmp_path, capsys):
@@ -24,7 +24,7 @@ def test_accelerate_writes_every_file_and_resumes(tmp_path, capsys):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     methods = {r["method"]: r for r in results["methods"]}
-    assert set(methods) == {"teacher", "hant", "uniform", "random", "greedy"}
+    assert set(methods) == {"teacher", "hant", "uniform", "random", "greedy", "hacscale", "hant_scale"}
     for r in methods.values():
         lo, hi = r["test_top1_ci"]
         assert 0 <= lo <= r["test_top1"] <= hi <= 1 and r["latency_ratio"] <= r["latency_ratio_hi"]

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 from fxscale.errors import PlanError
 from fxscale.hant.scores import SCORES
 
-BASELINES = ("uniform", "taylor", "random", "greedy")
+BASELINES = ("uniform", "taylor", "random", "greedy", "hacscale", "hant_scale")
 
 # stage -> (config fields it reads, upstream stages); a changed field reruns its stage and every stage below it
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

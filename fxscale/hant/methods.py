@@ -3,7 +3,8 @@ time every method in one interleaved session against the teacher, KD fine-tune t
 
 Method rows (results.json): ``teacher``, ``hant``, ``random``, ``greedy`` (the same distilled candidates chosen by
 the solver helper's baselines), ``uniform`` and ``taylor`` (channel pruning of the teacher, the family member with
-the largest measured latency not above HANT's). latency_ratio is the median of per-round (method / teacher)
+the largest measured latency not above HANT's), ``hacscale`` (the teacher shrunk by HACScale) and ``hant_scale``
+(HANT at a tighter budget, widened by HACScale): ladders of fxscale.hant.scaled picked the same way. latency_ratio is the median of per-round (method / teacher)
 ratios and latency_ratio_hi the upper end of its 95% interval (fxscale.hw.timing.median_ratio_interval).
 test_top1_ci: a 95% t-interval over seeds when there are several, else the Wilson interval of the test set.
 """
@@ -122,6 +123,8 @@ def compare(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: di
         families["uniform"] = uniform_family(acc.gm)
     if "taylor" in cfg.baselines:
         families["taylor"] = taylor_family(acc.gm, acc.bundle, acc.resolution)
+    ladders = _ladders(acc, problem, limit)
+    families.update({name: lad.models for name, lad in ladders.items() if lad.models})
     flat = list(models.values()) + [m for fam in families.values() for m in fam.values()]
     acc.log(f"[measure] timing {len(flat)} models against the teacher, interleaved")
     timings = _time(acc, flat)
@@ -134,7 +137,7 @@ def compare(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: di
         lat = {f: t.ratio_to(t0).ratio for f, t in ts.items()}
         best = pick_at_latency(lat, ratios["hant"].ratio)
         models[fam], ratios[fam] = members[best], ts[best].ratio_to(t0)
-        choices[fam] = {"fraction": best}
+        choices[fam] = {"level": best, **ladders[fam].info[best]} if fam in ladders else {"fraction": best}
     ft = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.batch_size,
                         threads=cfg.threads)
     n_test = len(acc.bundle.test)
@@ -161,10 +164,36 @@ def compare(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: di
     results = {"methods": rows, "plan": choice, "sites": site_rows, "corrections": corrections,
                "solve_s": sol.stats.solve_s if sol.stats else None, "budget_ms": limit,
                "teacher_ms": table.teacher_ms, "fixed_ms": table.fixed_ms, "additivity": table.additivity,
-               "frontier": frontier(acc, table, scores, distilled), "score": cfg.score}
+               "frontier": frontier(acc, table, scores, distilled), "score": cfg.score,
+               "ladders": {name: {"rungs": sorted(lad.info), "laws": lad.laws, "note": lad.note}
+                           for name, lad in ladders.items()}}
     if student is None:  # cfg.validate() demands at least one seed
         raise PlanError("accelerate needs at least one fine-tuning seed")
     return results, student
+
+
+def _ladders(acc: Any, problem: Problem, limit: float) -> dict[str, Any]:
+    """The HACScale rows (fxscale.hant.scaled): the shrunk teacher, and HANT at FREE x the budget then widened."""
+    from fxscale.hant import scaled
+    cfg, out = acc.cfg, {}
+    if "hacscale" in cfg.baselines:
+        acc.log("[hacscale] fitting importance laws on the pruned teacher; Algorithm 1 ladder")
+        out["hacscale"] = scaled.shrunk_teacher(acc.gm, acc.bundle, acc.resolution)
+    if "hant_scale" in cfg.baselines:
+        try:
+            low = solve(problem, scaled.FREE * limit)[0]
+        except InfeasibleBudget as e:
+            out["hant_scale"] = scaled.Ladder(note=f"HANT at {scaled.FREE}x the budget is infeasible: {e}")
+            acc.log(f"[hant_scale] skipped: {out['hant_scale'].note}")
+            return out
+        low_choice = choice_of(problem, low)
+        acc.log(f"[hant_scale] HANT at {scaled.FREE}x the budget, then HACScale widening")
+        lad = scaled.widened_student(acc.assemble(low_choice), acc.gm, acc.bundle, acc.resolution, acc.x)
+        for info in lad.info.values():
+            info["hant_choice"] = low_choice
+        lad.note = lad.note or ("" if lad.models else "the HANT student has no scalable channel group")
+        out["hant_scale"] = lad
+    return out
 
 
 def frontier(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: dict[str, Any]) -> list[dict]:

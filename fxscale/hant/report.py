@@ -28,7 +28,8 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
            "## Methods at HANT's measured latency", "",
            "All students are fine-tuned by the same KD recipe "
            f"({cfg.finetune_epochs} epochs, Adam {cfg.finetune_lr}); `uniform` and `taylor` are the pruned teachers "
-           "with the largest measured latency not above HANT's. Latency ratios are measured end to end, interleaved "
+           "with the largest measured latency not above HANT's, and so are the rungs of `hacscale` (the teacher shrunk "
+           "by HACScale's Algorithm 1) and `hant_scale` (HANT at 0.75x the budget, then widened by HACScale). Latency ratios are measured end to end, interleaved "
            "with the teacher.", "", methods_table(results["methods"]), "",
            "## Per-site choices", "", "| site | kind | candidate | latency ms | teacher ms | score | val NMSE |",
            "|---|---|---|---|---|---|---|"]
@@ -54,8 +55,13 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
             f"Scores: Spearman rank correlation of dloss and dacc over {score_info['pairs']} pairs: "
             f"{score_info['spearman_dloss_dacc']:.3f}.", "",
             "## Not done here", "",
-            "- Not implemented in fxscale yet: the HACScale-shrunk teacher baseline and accelerate-then-scale "
-            "(HANT frees latency, HACScale spends it on width/resolution).", ""]
+            "- The HACScale rows (`hacscale`, `hant_scale`) fit importance laws on pruned, not retrained, copies "
+            "and keep the data's resolution; HACScale's own trained samples and resolution scaling are "
+            "`fxscale scale`'s job.", "- Latencies come from measurement only (no latency-predictor option here)."]
+    for name, lad in results.get("ladders", {}).items():
+        if lad.get("note"):
+            out.append(f"- `{name}` has no row: {lad['note']}")
+    out.append("")
     return "\n".join(out)
 
 

@@ -98,7 +98,7 @@ def _next_width(width: int, stride: int, divisor: int, align: int) -> int:
 def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, latency: BoundLatency,
                             budget: Budget, *, start: Optional[ScalingPlan] = None, stride: int = 10,
                             rule: str = "paper", align: int = 1, max_steps: int = 100_000, mode: str = "input",
-                            params: Optional[ParamTracker] = None,
+                            params: Optional[ParamTracker] = None, max_widths: Optional[dict[str, int]] = None,
                             on_step: Optional[Callable[[Step], Any]] = None) -> GreedyResult:
     """Algorithm 1: repeatedly add `stride` kernels to the most valuable group while both budgets hold.
 
@@ -106,6 +106,7 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
     would break a budget (as in the paper). rule="cost": the group with the highest predicted importance gain
     per unit of added latency; groups that no longer fit are skipped and the loop goes on until none fits.
     `latency` is any LatencyModel's bind(cg, start): bound to the `start` plan (its resolution and widths).
+    `max_widths` caps groups (a group at its cap stops growing; shrinking a trained model caps at its widths).
     """
     if rule not in RULES:
         raise FxscaleError(f"rule must be one of {RULES}, got {rule!r}")
@@ -120,12 +121,12 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
         raise FxscaleError(f"the starting plan already breaks the budget (predicted {latency.total:.4g} ms, "
                            f"{params.total} params; budget {budget}); loosen the budget or lower the resolution")
     divisors = {g.name: g.divisor for g in cg.scalable}
-    active = set(widths)
+    caps = dict(max_widths or {})
+    active = {g for g in widths if widths[g] < caps.get(g, math.inf)}
     meta = {"method": "hacscale", "rule": rule, "stride": stride, "align": align, "start_widths": dict(widths)}
     result = GreedyResult(ScalingPlan(widths=widths, resolution=start.resolution, meta=meta))
     while active and len(result.steps) < max_steps:
-        choice = _choose(predictor, latency, widths, divisors, active, stride, align, rule)
-        g, new, imp = choice
+        g, new, imp = _choose(predictor, latency, widths, divisors, active, stride, align, rule, caps)
         lat, par = latency.peek(g, new), params.peek(g, new)
         if not budget.fits(lat, par):
             if rule == "paper":
@@ -134,6 +135,8 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
             active.discard(g)
             continue
         widths[g] = new
+        if new >= caps.get(g, math.inf):
+            active.discard(g)
         step = Step(g, new, imp, latency.set_width(g, new), params.set_width(g, new))
         result.steps.append(step)
         if on_step is not None:
@@ -145,11 +148,12 @@ def importance_aware_widths(cg: ChannelGraph, predictor: ImportancePredictor, la
 
 
 def _choose(pred: ImportancePredictor, latency: BoundLatency, widths: dict[str, int],
-            divisors: dict[str, int], active: set[str], stride: int, align: int, rule: str) -> tuple[str, int, float]:
+            divisors: dict[str, int], active: set[str], stride: int, align: int, rule: str,
+            caps: dict[str, int]) -> tuple[str, int, float]:
     best: Optional[tuple[float, str, int, float]] = None
     for g in sorted(active):
         c = widths[g]
-        new = _next_width(c, stride, divisors[g], align)
+        new = min(_next_width(c, stride, divisors[g], align), caps.get(g, math.inf))
         imp = pred(g, c)
         if rule == "paper":
             score = imp
