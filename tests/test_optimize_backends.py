@@ -265,6 +265,41 @@ def test_conv_table_unknown_implementation():
         conv_table(fx.symbolic_trace(TwoConvs()), torch.randn(1, 3, 8, 8), backends=["cudnn"])
 
 
+class FunctionalConvs(nn.Module):
+    """timm-style convs the table must see: a weight-standardised F.conv2d and a torch.conv2d on a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.std = nn.Conv2d(3, 8, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(4, 8, 1, 1))
+
+    def forward(self, x):
+        w = self.std.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        x = torch.nn.functional.conv2d(x, w, self.std.bias, 1, 1)
+        return torch.conv2d(x, self.w, None, 2)
+
+
+def test_conv_specs_include_functional_convs():
+    net = FunctionalConvs()
+    specs = conv_specs(fx.symbolic_trace(net), torch.randn(1, 3, 16, 16))
+    assert [s["shape"] for s in specs] == ["1x3x16x16 -> 8 k3x3 s1 p1 g1", "1x8x16x16 -> 4 k1x1 s2 p0 g1"]
+    assert [s["layers"] for s in specs] == [["conv2d"], ["conv2d_1"]]
+    last = specs[1]["module"]
+    assert torch.equal(last.weight, net.w) and last.bias is None and last(torch.randn(1, 8, 16, 16)).shape == (1, 4, 8, 8)
+
+
+def test_tvm_search_time_is_cut_to_the_shared_tuning_clock():
+    import time
+    be = create_backend("tvm", trials=4, time_budget_s=100.0)
+    assert be._time_budget() == 100.0
+    be.tuning_deadline = time.monotonic() + 30.0
+    assert 0 < be._time_budget() <= 30.0
+    be.tuning_deadline = time.monotonic() - 1.0
+    assert be._time_budget() == 0.0
+    assert create_backend("tvm", trials=4).tuning_deadline is None
+
+
 # ------------------------------------------------------------------------------------------------ TVM tuning
 @pytest.mark.slow
 @pytest.mark.skipif("tvm" not in AVAILABLE, reason="apache-tvm is not installed")

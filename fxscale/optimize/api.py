@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -111,8 +112,9 @@ def optimize(model_or_gm: nn.Module, example_input: torch.Tensor, target: str = 
     The scaling `plan` (a ScalingPlan or a plan.json path) is applied first. Graph passes run under their numerical
     checks; the graph is split into partitions (`granularity`, at most `max_partitions` blocks); every (partition,
     backend) pair and every boundary transition is timed (one thread, interleaved, median; cached in `cache_dir`);
-    the additive optimum is found by DP (chains) or MILP (DAGs) and a GA on measured end-to-end latency runs for at
-    most `tune_minutes`. With `conv_table`, each distinct conv shape is timed under every backend (WPK's per-conv
+    the additive optimum is found by DP (chains) or MILP (DAGs) and a GA on measured end-to-end latency runs.
+    `tune_minutes` bounds all tuning together, on one clock started here: TVM's MetaSchedule search (backend and
+    conv table), then the GA with what is left (0: no search; tuning databases already on disk still apply). With `conv_table`, each distinct conv shape is timed under every backend (WPK's per-conv
     comparison; `conv_tune`: settings of the MetaSchedule-tuned TVM build, e.g. {"trials": 64}). With `out` and
     `onnx_simplify`, the optimised graph is also written as model.onnx, simplified by onnxslim. The chosen hybrid
     is then timed interleaved against every single-backend whole build and
@@ -125,6 +127,9 @@ def optimize(model_or_gm: nn.Module, example_input: torch.Tensor, target: str = 
     say = progress or (lambda stage, done, total: None)
     skipped: dict[str, str] = {}
     bes = create_backends(names, backend_settings, skipped)
+    deadline = time.monotonic() + tune_minutes * 60.0  # one clock for all tuning: TVM's search, the GA, the table
+    for be in bes.values():
+        be.tuning_deadline = deadline
     gm = _traced(model_or_gm, x, plan, leaf_modules)
     x = torch.randn(gm.meta[META]["input_shapes"][0], generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -137,8 +142,9 @@ def optimize(model_or_gm: nn.Module, example_input: torch.Tensor, target: str = 
     cache = TimingCache(Path(cache_dir) if cache_dir is not None else None)
     time_pairs(parts, m, protocol, cache, bes, say)
     time_transitions(parts, m, protocol)
-    ga = GAConfig(population=ga_population, generations=ga_generations, seed=seed, budget_s=tune_minutes * 60.0)
-    sel = select(parts, m, protocol, ga if ga_generations > 0 and tune_minutes > 0 else None, say)
+    left = max(0.0, deadline - time.monotonic())
+    ga = GAConfig(population=ga_population, generations=ga_generations, seed=seed, budget_s=left)
+    sel = select(parts, m, protocol, ga if ga_generations > 0 and left > 0 else None, say)
     mparts, mchoice, compiled, members = _merged(parts, sel.choice, m, bes, opt)
     partitioned = build_hybrid(mparts, mchoice, compiled, m.layouts)
     with torch.no_grad():
@@ -162,7 +168,8 @@ def optimize(model_or_gm: nn.Module, example_input: torch.Tensor, target: str = 
                            bes, pass_report, chosen, builds, granularity)
     results = _results(inference_plan, table, m, parts, sel, skipped, whole_skipped, pass_report, cache)
     from fxscale.optimize.report import conv_section, render_report
-    results["conv_table"] = conv_section(opt, (x,), bes, protocol, cache_dir, conv_tune) if conv_table else \
+    results["conv_table"] = conv_section(opt, (x,), bes, protocol, cache_dir, conv_tune,
+                                                             deadline) if conv_table else \
         {"status": "off", "reason": "switched off (conv_table=False / --no-conv-table)", "rows": []}
     text = render_report(inference_plan, results)
     if out is not None:

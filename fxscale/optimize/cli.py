@@ -56,7 +56,9 @@ def add_optimize_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", default="block", help=f"partitions: {', '.join(GRANULARITIES)}")
     p.add_argument("--max-partitions", type=positive_int, default=12, help="at most this many blocks (block mode)")
     p.add_argument("--tune-minutes", type=_nonnegative_float, default=1.0,
-                   help="time budget of the genetic search on measured latency (0: the exact DP/MILP choice only)")
+                   help="time budget of all tuning on one clock: TVM's MetaSchedule search (--tvm-trials), then the "
+                        "genetic search on measured latency with what is left (default 1.0; 0: no search, the "
+                        "exact DP/MILP choice and cached tuning only)")
     p.add_argument("--population", type=positive_int, default=8, help="GA population")
     p.add_argument("--generations", type=nonnegative_int, default=4, help="GA generations (0: no GA)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the GA and the example input")

@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 
 def conv_section(gm: Any, inputs: tuple, backends: Mapping[str, Any], protocol: Any = None,
-                 cache_dir: Any = None, tune: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 cache_dir: Any = None, tune: Mapping[str, Any] | None = None,
+                 tuning_deadline: float | None = None) -> dict[str, Any]:
     """The backends package's per-conv table (fxscale.optimize.backends.convtable.conv_table) for the backends in
     use: each distinct conv shape under every implementation against the library default (torch eager)."""
     try:
@@ -21,11 +22,11 @@ def conv_section(gm: Any, inputs: tuple, backends: Mapping[str, Any], protocol: 
         chosen.append("tvm_tuned")
     try:
         rows = conv_table(gm, inputs[0], backends=chosen, protocol=protocol, tune=tune, cache_dir=cache_dir,
-                          use_cache=cache_dir is not None)
+                          use_cache=cache_dir is not None, tuning_deadline=tuning_deadline)
     except Exception as e:  # noqa: BLE001 - the table is a report section, not a reason to fail the run
         return {"status": "failed", "reason": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", "rows": []}
     if not rows:
-        return {"status": "empty", "reason": "the model has no nn.Conv2d", "rows": []}
+        return {"status": "empty", "reason": "the model has no 2-D convolution", "rows": []}
     return {"status": "ok", "rows": rows, "markdown": table_markdown(rows)}
 
 

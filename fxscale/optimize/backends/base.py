@@ -18,7 +18,7 @@ import importlib.metadata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Optional, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.fx as fx
@@ -134,6 +134,9 @@ class BackendBase:
     layout: str = "contiguous"
     SETTINGS: ClassVar[Mapping[str, Any]] = {}
     DIST: ClassVar[str] = ""  # distribution whose version describe() reports ("" = torch)
+    # time.monotonic() after which a tuning backend searches no more (it still applies its tuning database): set
+    # by fxscale.optimize from --tune-minutes so one clock bounds all tuning; not a setting, so not in the plan
+    tuning_deadline: Optional[float] = None
 
     def __init__(self, **settings: Any) -> None:
         unknown = sorted(set(settings) - set(self.SETTINGS))

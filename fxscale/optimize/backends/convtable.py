@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -38,16 +39,53 @@ IMPLEMENTATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 Progress = Callable[[str], None]
 
 
+FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d)
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _functional_conv(gm: fx.GraphModule, n: fx.Node) -> nn.Conv2d | None:
+    """An nn.Conv2d equal to an F.conv2d / torch.conv2d call (its weight copied when the graph holds it as a
+    parameter or buffer; timing does not depend on values); None when a hyper-parameter is not a literal."""
+    a = {**_CONV_DEFAULTS, **dict(zip(_CONV_ARGS, n.args)), **n.kwargs}
+    w = a["weight"]
+    wmeta = w.meta.get("tensor_meta") if isinstance(w, fx.Node) else None
+    if wmeta is None or len(wmeta.shape) != 4 or any(isinstance(a[k], fx.Node)
+                                                      for k in ("stride", "padding", "dilation", "groups")):
+        return None
+    groups, (cout, cin, kh, kw) = int(a["groups"]), (int(d) for d in wmeta.shape)
+    pad = a["padding"] if isinstance(a["padding"], str) else _pair(a["padding"])
+    conv = nn.Conv2d(cin * groups, cout, (kh, kw), _pair(a["stride"]), pad, _pair(a["dilation"]), groups,
+                     bias=a["bias"] is not None)
+    if w.op == "get_attr":
+        with torch.no_grad():
+            value: Any = gm
+            for part in str(w.target).split("."):
+                value = getattr(value, part)
+            conv.weight.copy_(value)
+    return conv
+
+
 def conv_specs(gm: fx.GraphModule, example_input: torch.Tensor) -> list[dict[str, Any]]:
-    """One entry per distinct nn.Conv2d (input shape + hyper-parameters): key, layers, one-op module, input shape."""
+    """One entry per distinct 2-D conv (input shape + hyper-parameters): nn.Conv2d modules and F.conv2d /
+    torch.conv2d calls (timm's weight-standardised and 'same'-padded convs); key, layers, one-op module, shape."""
     gm = copy.deepcopy(gm).eval()
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input)
     mods = dict(gm.named_modules())
     out: dict[str, dict[str, Any]] = {}
     for n in gm.graph.nodes:
-        mod = mods.get(n.target) if n.op == "call_module" else None
-        if not isinstance(mod, nn.Conv2d) or not isinstance(n.args[0], fx.Node):
+        if n.op == "call_module":
+            mod = mods.get(n.target)
+        elif n.op == "call_function" and n.target in FUNCTIONAL_CONVS:
+            mod = _functional_conv(gm, n)
+        else:
+            continue
+        if not isinstance(mod, nn.Conv2d) or not n.args or not isinstance(n.args[0], fx.Node):
             continue
         meta = n.args[0].meta.get("tensor_meta")
         if meta is None:
@@ -56,12 +94,13 @@ def conv_specs(gm: fx.GraphModule, example_input: torch.Tensor) -> list[dict[str
         key = (f"{'x'.join(map(str, shape))} -> {mod.out_channels} k{'x'.join(map(str, mod.kernel_size))} "
                f"s{mod.stride[0]} p{mod.padding if isinstance(mod.padding, str) else mod.padding[0]} g{mod.groups}"
                f"{' d' + str(mod.dilation[0]) if mod.dilation[0] != 1 else ''}")
+        layer = str(n.target) if n.op == "call_module" else n.name
         if key in out:
-            out[key]["layers"].append(str(n.target))
+            out[key]["layers"].append(layer)
             continue
         out[key] = {"shape": key, "input_shape": shape, "out_channels": mod.out_channels,
                     "kernel": tuple(mod.kernel_size), "stride": tuple(mod.stride), "groups": mod.groups,
-                    "layers": [str(n.target)], "module": copy.deepcopy(mod)}
+                    "layers": [layer], "module": copy.deepcopy(mod)}
     return list(out.values())
 
 
@@ -101,12 +140,14 @@ def _row(spec: dict[str, Any], labels: list[str], timings: list[Any], skipped: d
 def conv_table(gm: fx.GraphModule, example_input: torch.Tensor, backends: Sequence[str] | None = None,
                protocol: TimingProtocol | None = None, tune: Mapping[str, Any] | None = None,
                cache_dir: str | Path | None = None, use_cache: bool = True, threads: int = 1,
-               progress: Progress | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+               progress: Progress | None = None, limit: int | None = None,
+               tuning_deadline: float | None = None) -> list[dict[str, Any]]:
     """The per-conv-shape table (see the module docstring).
 
     backends: implementation labels (keys of IMPLEMENTATIONS; default: all but tvm_tuned, plus tvm_tuned when
     `tune` is given). tune: settings of the tuned TVM build (trials, time_budget_s, cache_dir...). Unavailable or
     failing implementations are listed in each row's `skipped` with the reason. limit: the first `limit` shapes.
+    tuning_deadline: time.monotonic() after which tvm_tuned searches no more (it applies its database).
     """
     from fxscale.optimize.measure import Call, default_protocol, time_calls
     labels = list(backends) if backends else [k for k in IMPLEMENTATIONS if k != "tvm_tuned" or tune is not None]
@@ -122,6 +163,7 @@ def conv_table(gm: fx.GraphModule, example_input: torch.Tensor, backends: Sequen
         name, settings = IMPLEMENTATIONS[label]
         settings = {**settings, **(tune or {})} if label == "tvm_tuned" else dict(settings)
         impls[label] = create_backend(name, **settings)
+        impls[label].tuning_deadline = tuning_deadline
     described = {k: be.describe() for k, be in impls.items()}
     cache_path = Path(cache_dir or default_cache_dir().parent) / "convtable.json" if use_cache else None
     cache = _load(cache_path)

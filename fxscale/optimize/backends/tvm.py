@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ class TvmBackend(BackendBase):
             out["cache_dir"] = str(self.cache_dir())
         return out
 
+    def _time_budget(self) -> float | None:
+        """Seconds this compile may search: the time_budget_s setting, cut to what tuning_deadline leaves."""
+        budget = self.settings["time_budget_s"]
+        if self.tuning_deadline is not None:
+            left = max(0.0, self.tuning_deadline - time.monotonic())
+            budget = left if budget is None else min(float(budget), left)
+        return budget
+
     def cache_dir(self) -> Path:
         return Path(self.settings["cache_dir"]) if self.settings["cache_dir"] else default_cache_dir()
 
@@ -85,18 +94,18 @@ class TvmBackend(BackendBase):
         threads = int(self.settings["threads"])
         target = host_target(self.settings["target"], threads)
         mod = _import_relax(gm, inputs)
-        trials = int(self.settings["trials"])
+        trials, budget = int(self.settings["trials"]), self._time_budget()
         tuned: dict[str, Any] = {}
-        if trials > 0 and self.settings["isolate"]:
+        if trials > 0 and self.settings["isolate"] and (budget is None or budget > 0):
             tuned = tune_in_subprocess(gm, inputs, target, trials=trials, cache_dir=self.cache_dir(),
-                                       time_budget_s=self.settings["time_budget_s"],
+                                       time_budget_s=budget,
                                        trials_per_iter=int(self.settings["trials_per_iter"]),
                                        seed=int(self.settings["seed"]), threads=threads,
                                        population=int(self.settings["population"]))
         try:
             mod, self.last_tuning = tune_and_apply(mod, target, trials=int(self.settings["trials"]),
                                                    cache_dir=self.cache_dir(),
-                                                   time_budget_s=self.settings["time_budget_s"],
+                                                   time_budget_s=budget,
                                                    trials_per_iter=int(self.settings["trials_per_iter"]),
                                                    seed=int(self.settings["seed"]), threads=threads,
                                                    population=int(self.settings["population"]),

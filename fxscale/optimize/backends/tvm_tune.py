@@ -207,6 +207,8 @@ def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path, time_
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"MetaSchedule tuning failed: {type(exc).__name__}: {exc}") from exc
             spent += n
+        if spent == 0:  # the time budget was spent before the first round: nothing was tuned
+            record["tuned"], record["not_tuned_no_time_left"] = [], todo
         for name in todo:
             counts[keys[name]] = max(counts.get(keys[name], 0), spent)
         _write_counts(counts_path, counts)
