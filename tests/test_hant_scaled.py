@@ -67,3 +67,43 @@ def test_widened_student_rungs_compute_the_student_exactly_before_fine_tuning(se
         assert all(lad.info[lv]["widths"][g] >= w for g, w in own.items())
         torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
     assert macs(lad.models[max(lad.models)]) > macs(student)  # the freed MACs are spent
+
+
+class _Timed:
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def ratio_to(self, other: "_Timed"):
+        from types import SimpleNamespace
+        return SimpleNamespace(ratio=self.ms / other.ms)
+
+
+def test_solve_measured_re_solves_a_student_far_under_budget(monkeypatch):
+    """Summed site timings overpredict (the measured student is 0.5x its prediction): the first student uses half
+    the budget, L_fixed is corrected down, and the re-solved, higher-scoring student is kept."""
+    from types import SimpleNamespace
+
+    from fxscale.hant import methods
+    from fxscale.hant.solver import Option, Problem
+
+    opts = tuple(Option(n, (i,), sc, lat) for i in (0, 1)
+                 for n, sc, lat in (("teacher", 0.0, 3.0), ("ds_k3", -1.0, 1.5), ("skip", -5.0, 0.2)))
+    monkeypatch.setattr(methods, "build_problem", lambda acc, table, sc, d, kind, fixed=None:
+                        Problem(("a", "b"), opts, fixed_latency=table.fixed_ms if fixed is None else fixed))
+    seen: list[dict] = []
+
+    def fake_time(acc, models):
+        choice = models[0]
+        seen.append(choice)
+        predicted = 1.0 + sum(next(o.latency for o in opts if o.name == choice[s] and o.covers == (i,))
+                              for i, s in enumerate(("a", "b")))
+        return [_Timed(10.0), _Timed(0.5 * predicted)]
+    monkeypatch.setattr(methods, "_time", fake_time)
+    acc = SimpleNamespace(cfg=SimpleNamespace(latency_budget="0.4x", score="dloss"), assemble=lambda c: dict(c),
+                          log=lambda line: None)
+    table = SimpleNamespace(teacher_ms=10.0, fixed_ms=1.0)
+    _problem, sol, choice, corrections = methods.solve_measured(acc, table, {}, {})
+    assert corrections[0]["measured_ms"] < methods.USE * 4.0 and len(corrections) >= 2
+    kept = [c for c in corrections if c["kept"]]
+    assert len(kept) == 1 and kept[0]["measured_ms"] <= 4.0 * 1.02 and kept[0]["score"] > corrections[0]["score"]
+    assert sol.score == kept[0]["score"] and choice == seen[corrections.index(kept[0])]

@@ -31,6 +31,7 @@ from fxscale.hant.scores import Eval, score_of
 from fxscale.hant.solver import Option, Problem, Solution, solve
 
 MAX_CORRECTIONS = 2
+USE = 0.9  # a student measured under USE x the budget is re-solved with L_fixed corrected down
 
 
 def build_problem(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: dict[str, Any], kind: str,
@@ -73,21 +74,36 @@ def _time(acc: Any, models: list[fx.GraphModule]) -> list[Any]:
 
 def solve_measured(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: dict[str, Any]
                    ) -> tuple[Problem, Solution, dict[str, str], list[dict[str, float]]]:
-    """Solve, time the student against the teacher, and when over budget correct L_fixed and re-solve."""
+    """Solve and time the student against the teacher; correct L_fixed by (measured - predicted) and re-solve when
+    the student is over budget, or under USE x the budget (summed per-site timings overpredict a whole graph, so
+    without this a student can leave much of the budget unused). Of the students measured within budget, the one of
+    highest score is kept (the last one when none fits)."""
     limit = budget_ms(acc.cfg.latency_budget, table.teacher_ms)
-    fixed, corrections = table.fixed_ms, []
+    fixed, corrections, tried = table.fixed_ms, [], []
     for it in range(MAX_CORRECTIONS + 1):
         problem = build_problem(acc, table, scores, distilled, acc.cfg.score, fixed)
-        sol = solve(problem, limit)[0]
+        try:
+            sol = solve(problem, limit)[0]
+        except InfeasibleBudget:
+            if not tried:
+                raise
+            break
         choice = choice_of(problem, sol)
+        if any(choice == t[2] for t in tried):
+            break  # the corrected program chose an assembly already measured
         t_teacher, t_student = _time(acc, [acc.assemble(choice)])
         measured = t_student.ratio_to(t_teacher).ratio * table.teacher_ms  # in the table's teacher units
+        tried.append((problem, sol, choice, measured))
         corrections.append({"iteration": it, "predicted_ms": sol.latency, "measured_ms": measured,
-                            "fixed_ms": fixed, "budget_ms": limit})
+                            "fixed_ms": fixed, "budget_ms": limit, "score": sol.score})
         acc.log(f"[solve] predicted {sol.latency:.4f} ms, measured {measured:.4f} ms, budget {limit:.4f} ms")
-        if measured <= limit * 1.02 or it == MAX_CORRECTIONS:
+        if USE * limit <= measured <= limit * 1.02:
             break
         fixed += measured - sol.latency
+    fits = [t for t in tried if t[3] <= limit * 1.02]
+    problem, sol, choice, _ = max(fits, key=lambda t: t[1].score) if fits else tried[-1]
+    for c, t in zip(corrections, tried):
+        c["kept"] = t[2] == choice
     return problem, sol, choice, corrections
 
 

@@ -45,7 +45,7 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
             "Measured end to end against predicted (L_fixed + sum of candidate latencies) in the solve loop:", ""]
     for c in results["corrections"]:
         out.append(f"- iteration {c['iteration']}: predicted {c['predicted_ms']:.4f} ms, measured "
-                   f"{c['measured_ms']:.4f} ms (L_fixed {c['fixed_ms']:.4f} ms)")
+                   f"{c['measured_ms']:.4f} ms (L_fixed {c['fixed_ms']:.4f} ms)" + (" (kept)" if c.get("kept") else ""))
     if add:
         out.append(f"- additivity on {add['n']} random assemblies: mean |error| {add['mean_abs_rel_error']:.1%}, "
                    f"max {add['max_abs_rel_error']:.1%}")
