@@ -65,6 +65,23 @@ def ablation_table(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def norm_comparison(results: dict[str, Any]) -> list[str]:
+    """hacscale with per-producer against per-group importance (same seeds and splits): paired bootstrap per run."""
+    from fxscale.scaling.stats import paired_bootstrap
+    out = []
+    for key, res in results.items():
+        if not key.endswith("_normproducer") or key[:-len("_normproducer")] not in results:
+            continue
+        rows = [{r["method"]: r for r in results[k]["methods"]}["hacscale"] for k in (key[:-13], key)]
+        d = paired_bootstrap(rows[1]["test_acc"], rows[0]["test_acc"])
+        plans = [r["plan"] for r in rows]
+        out += [f"- {key[:-13]}: per-producer minus per-group importance, hacscale test top-1: "
+                f"{100 * d.diff:+.2f} pp [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}], p = {d.p:.3f} over {d.n} paired "
+                f"seeds; {'the same plan' if plans[0] == plans[1] else 'different plans'} (widths "
+                f"{plans[0].get('widths')} vs {plans[1].get('widths')})"]
+    return ["## Importance normalisation (hacscale rows)", "", *out, ""] if out else []
+
+
 def run_ablation(name: str, title: str, runs: Sequence[tuple[str, str, dict[str, Any]]], out: Path,
                  work: Optional[Path] = None, model_factory: Optional[Callable[[str], Any]] = None) -> dict[str, Any]:
     """Run every (model, budget, settings); write <out>/<name>.json and .md; returns {run: compact results}."""
@@ -83,19 +100,22 @@ def run_ablation(name: str, title: str, runs: Sequence[tuple[str, str, dict[str,
                           methods=("uniform@hacres", "random@hacres"), **settings)
         t0 = time.perf_counter()
         net = model_factory(model) if model_factory else None
-        summary = Pipeline(cfg, work / f"{model}_{budget}_align{cfg.align}", model=net).run()
-        key = f"{model}_{budget}_align{cfg.align}"
+        key = f"{model}_{budget}_align{cfg.align}" + ("" if cfg.importance_norm == "group" else
+                                                     f"_norm{cfg.importance_norm}")
+        summary = Pipeline(cfg, work / key, model=net).run()
         results[key] = {k: summary[k] for k in KEEP if k in summary}
         hac = summary["search"]["rows"]["hacscale"]
-        md += [f"## {model}, latency budget {budget}, align {cfg.align}", "", *ablation_table(summary), "",
+        md += [f"## {model}, latency budget {budget}, align {cfg.align}, importance norm {cfg.importance_norm}", "",
+               *ablation_table(summary), "",
                f"alpha = {summary['alpha']['alpha']}; HACScale took {hac['steps_kept']} of {hac['steps']} width "
                f"steps (stride {cfg.stride}, align {cfg.align}); random@hacres seed {cfg.seeds[0]}; "
                f"{len(cfg.seeds)} seeds x {cfg.epochs} epochs; {time.perf_counter() - t0:.0f} s", ""]
         print("\n".join(md[-(len(summary['methods']) + 5):]), flush=True)
+    md += norm_comparison(results)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1, default=float))
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out}/{name}.md and {name}.json")
     return results
 
 
-__all__ = ["ablation_table", "run_ablation"]
+__all__ = ["ablation_table", "norm_comparison", "run_ablation"]

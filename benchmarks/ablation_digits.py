@@ -1,7 +1,7 @@
 """The allocation ablation on digits: hacscale vs uniform@hacres vs random@hacres at HACScale's resolution.
 
     python benchmarks/ablation_digits.py [--seeds 5] [--epochs 20] [--budgets 3x] [--aligns 1,8] \
-        [--out benchmarks/results/ablation]
+        [--norms group,producer] [--out benchmarks/results/ablation]
 
 A budget where HACScale adds width (3x latency, 3x params, stride 10: the paper's Algorithm 1; at 2x digits' alpha
 search leaves HACScale about one width step), widths aligned to 1 (the paper) and to 8 (ORT/MLAS), several
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=10)
     ap.add_argument("--aligns", default="1,8", help="width alignments, one run each (1: the paper; 8: ORT/MLAS blocks)")
     ap.add_argument("--budgets", default="3x", help="latency budgets, e.g. 1.5x,2x")
+    ap.add_argument("--norms", default="group", help="importance normalisations, one run each: group, producer "
+                    "(per-producer against per-group is then compared per seed)")
     ap.add_argument("--memory-budget", default="3x")
     ap.add_argument("--flops-scale", type=float, default=2.0, help="the alpha search's s (upper end when searched)")
     ap.add_argument("--runs", type=int, default=200)
@@ -39,8 +41,8 @@ def main() -> None:
                     epochs=args.epochs, search_epochs=args.search_epochs, sample_epochs=args.sample_epochs,
                     samples=args.samples, seeds=tuple(range(args.seeds)), stride=args.stride,
                     runs=args.runs, max_rounds=args.max_rounds, flops_scale=args.flops_scale)
-    runs = [(m, b, {**settings, "align": int(a)}) for m in args.models.split(",") for b in args.budgets.split(",")
-            for a in args.aligns.split(",")]
+    runs = [(m, b, {**settings, "align": int(a), "importance_norm": n}) for m in args.models.split(",")
+            for b in args.budgets.split(",") for a in args.aligns.split(",") for n in args.norms.split(",")]
     run_ablation("ablation_digits", "Allocation ablation on digits (ONNX Runtime CPU, 1 thread)", runs,
                  Path(args.out), Path(args.work) if args.work else None)
 

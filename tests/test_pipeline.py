@@ -126,6 +126,17 @@ def test_local_importance_samples_with_seeds_and_a_held_out_check(tmp_path):
     again.importance_fit((8, 8))
     assert again.importance_compute["cached_samples"] == 8  # every run, held-out ones too, came from the cache
     assert again.importance_check["overall"] == check["overall"]
+    # per-producer normalisation reuses the trained samples and rescales each group by 1 / its producer count:
+    # exponents and per-group held-out R² stay, scales a divide by the count
+    prod = Pipeline(dataclasses.replace(cfg, importance_norm="producer"), tmp_path, log=logs.append)
+    pred_p = prod.importance_fit((8, 8))
+    assert prod.importance_compute["cached_samples"] == 8 and prod.importance_compute["norm"] == "producer"
+    counts = {g.name: len(g.producers) for g in pipe.cg.scalable}
+    assert max(counts.values()) > 1  # digits_resnet ties its residual streams
+    for g, law in pred.fits.items():
+        assert pred_p.fits[g].b == pytest.approx(law.b, rel=1e-6, abs=1e-9)
+        assert pred_p.fits[g].a == pytest.approx(law.a / counts[g], rel=1e-6)
+        assert prod.importance_check["groups"][g]["r2_log"] == pytest.approx(check["groups"][g]["r2_log"], abs=1e-9)
 
 
 def test_hacscale_plan_respects_budgets(run_dir):

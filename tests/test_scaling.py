@@ -285,6 +285,7 @@ def test_prediction_check_recovers_a_perfect_and_a_biased_predictor():
 
 def test_sampling_settings_are_checked():
     for kw, needle in (({"sample_mode": "everywhere"}, "sample_mode"), ({"sample_seeds": 0}, "sample_seeds"),
-                       ({"importance_holdout": -1}, "importance_holdout")):
+                       ({"importance_holdout": -1}, "importance_holdout"), ({"importance_norm": "layer"},
+                                                                            "importance_norm must be one of group")):
         with pytest.raises(PlanError, match=needle):
             ScaleConfig(**kw).validate()

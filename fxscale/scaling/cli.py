@@ -53,7 +53,7 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        flops_scale=args.flops_scale, alphas=args.alphas if args.alphas is not None else d.alphas,
                        alpha=args.alpha, samples=args.samples, sample_epochs=args.sample_epochs,
                        sample_mode=args.sample_mode, sample_seeds=args.sample_seeds,
-                       importance_holdout=args.importance_holdout,
+                       importance_holdout=args.importance_holdout, importance_norm=args.importance_norm,
                        search_epochs=args.search_epochs, epochs=args.epochs, rule=args.rule, stride=args.stride,
                        align=args.align, methods=_names(args.methods) if args.methods is not None else d.methods,
                        seeds=tuple(range(max(args.seeds, 0))), lr=args.lr, batch_size=args.batch_size,
@@ -128,6 +128,9 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
                    help="importance samples: grid (0.5x..2x, default) or local (x0.75..x1.25 per group around the "
                         "working point)")
     p.add_argument("--sample-seeds", type=_int, default=d.sample_seeds, help="training seeds per sampled configuration")
+    p.add_argument("--importance-norm", choices=("group", "producer"), default=d.importance_norm,
+                   help="per-kernel importance of a tied group: group (summed over every layer it ties, default) or "
+                        "producer (divided by its number of producing layers)")
     p.add_argument("--importance-holdout", type=_int, default=d.importance_holdout,
                    help="held-out configurations to check the importance fit on (R² of log importance, MAPE; 0: none)")
     p.add_argument("--search-epochs", type=_int, default=d.search_epochs, help="epochs per alpha candidate")

@@ -44,6 +44,7 @@ class ScaleConfig:
     sample_epochs: int = 4
     sample_mode: str = "grid"  # importance samples: "grid" (0.5x..2x) or "local" (x0.75..x1.25 per group), scaling.samples
     sample_seeds: int = 1  # training seeds per sampled configuration (each run is one sample of the fit)
+    importance_norm: str = "group"  # "group": a kernel sums over its tied group's layers; "producer": per layer
     importance_holdout: int = 0  # held-out local configurations to check the fit on (R² of log I, MAPE); 0: none
     search_epochs: int = 8
     epochs: int = 20
@@ -107,6 +108,8 @@ class ScaleConfig:
                   (self.rule in RULES, f"{lab('rule')} must be one of {RULES}, got {self.rule!r}"),
                   (self.sample_mode in ("grid", "local"),
                    f"{lab('sample_mode')} must be one of grid, local, got {self.sample_mode!r}"),
+                  (self.importance_norm in ("group", "producer"),
+                   f"{lab('importance_norm')} must be one of group, producer, got {self.importance_norm!r}"),
                   (bool(self.seeds), f"{lab('seeds')} must not be empty"),
                   (0 < self.ci_halfwidth < 1, f"{lab('ci_halfwidth')} must lie in (0, 1), got {self.ci_halfwidth}"),
                   (0 < self.flops_tol < 1, f"{lab('flops_tol')} must lie in (0, 1), got {self.flops_tol}"),

@@ -21,7 +21,12 @@ percentage error, overall and per group. It lands in results.json as ``importanc
 What a "layer" is here: importance is per channel *group* (``fxscale.analysis``): channels tied across layers
 (a residual stream's producers, concatenations) form one group, and one kernel of a group is every parameter slice
 that selects that channel in all its producers and followers, so a tied group's per-kernel importance sums over
-all of them (``fxscale.scaling.importance``). No per-producer normalisation is applied.
+all of them (``fxscale.scaling.importance``). That is ``importance_norm="group"`` (the default). With
+``"producer"`` (``per_producer``) a group's scores are divided by its number of producing layers, so a residual
+stream written by five convs is not five times as important as a single conv's output by construction. The
+choice only rescales each group by a constant: it leaves every group's fitted exponent b and the held-out R² of
+each group unchanged, and changes which group Algorithm 1 widens first. `benchmarks/ablation_importance.py
+--norms` measures both on the scaled models' test accuracy.
 """
 from __future__ import annotations
 
@@ -85,6 +90,14 @@ def prediction_check(pred: Any, samples: Sequence[Any]) -> dict[str, Any]:
                     "configurations never used in the fit; r2_log: R² of log importance; mape in %"}
 
 
+def per_producer(imp: Any, cg: ChannelGraph) -> Any:
+    """`imp` with every group's scores divided by its number of producing layers (see the module docstring)."""
+    from fxscale.scaling.importance import Importance
+    n = {g.name: max(1, len(g.producers)) for g in cg.scalable}
+    return Importance({g: v / n.get(g, 1) for g, v in imp.channels.items()},
+                      {g: v / n.get(g, 1) for g, v in imp.groups.items()}, dict(imp.widths), imp.batches)
+
+
 def train_samples(pipe: Any, configs: Sequence[Mapping[str, int]], resolution: tuple[int, int],
                   seeds: Sequence[int], tag: str) -> tuple[list[Any], int]:
     """Importance of each (configuration, seed) at `resolution`, cached per run; returns samples, runs trained."""
@@ -130,6 +143,8 @@ def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
     configs = (local_configs(pipe.cg, cfg.samples, seed=cfg.seeds[0]) if cfg.sample_mode == "local"
                else sample_configs(pipe.cg, cfg.samples, seed=cfg.seeds[0]))
     samples, trained = train_samples(pipe, configs, resolution, seeds, "sampled width configuration")
+    norm = (lambda ss: [per_producer(x, pipe.cg) for x in ss]) if cfg.importance_norm == "producer" else list
+    samples = norm(samples)
     base = {g.name: g.width for g in pipe.cg.scalable}
     pipe.base_importance = next((s.channels for s in samples if s.widths == base), None)
     with warnings.catch_warnings(record=True) as caught:
@@ -143,18 +158,20 @@ def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
         held_cfgs = local_configs(pipe.cg, cfg.importance_holdout, seed=cfg.seeds[0] + HOLDOUT_SEED,
                                   include_center=False)
         held, n = train_samples(pipe, held_cfgs, resolution, seeds[:1], "held-out configuration")
+        held = norm(held)
         trained, runs = trained + n, runs + len(held)
         pipe.importance_check = {**prediction_check(pred, held), "configs": held_cfgs}
         o = pipe.importance_check["overall"]
         pipe.log(f"[importance] held-out check on {len(held)} configurations: R² (log) {o['r2_log']:.3f}, "
                  f"MAPE {o['mape']:.1f}%")
     pipe.importance_compute = {"epochs": runs * cfg.sample_epochs, "wall_s": time.perf_counter() - t0,
-                               "cached_samples": runs - trained, "mode": cfg.sample_mode, "seeds": seeds}
+                               "cached_samples": runs - trained, "mode": cfg.sample_mode, "seeds": seeds,
+                               "norm": cfg.importance_norm}
     if pred.poorly_fit():
         pipe.log(f"[importance] warning: poorly fitted groups (log-space R² < {POOR_R2}): "
                  f"{', '.join(pred.poorly_fit())}")
     return pred
 
 
-__all__ = ["HOLDOUT_SEED", "LOCAL_SPREAD", "SAMPLE_MODES", "local_configs", "prediction_check", "sample_and_fit",
-           "train_samples"]
+__all__ = ["HOLDOUT_SEED", "LOCAL_SPREAD", "SAMPLE_MODES", "local_configs", "per_producer", "prediction_check",
+           "sample_and_fit", "train_samples"]
