@@ -22,7 +22,8 @@ torch.set_num_threads(1)
 TINY = dict(samples=3, sample_epochs=1, search_epochs=1, epochs=2, runs=6, warmup=2, rounds=2, stride=4,
             latency_budget="1.5x", memory_budget="3x", data_kw={"train_fraction": 0.3}, max_rounds=20, seeds=(0, 1))
 HAC = ["hacscale", "hacscale-align8", "hacscale-cost"]
-METHODS = ("uniform", "resolution", "uniform@hacres", "random@hacres")  # the @hacres rows: the allocation ablation
+# the @hacres rows: the allocation ablation; neuralscale: the published method (trains, prunes, descends)
+METHODS = ("uniform", "resolution", "uniform@hacres", "random@hacres", "neuralscale")
 ROW_FIELDS = ("method", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi", "params", "macs", "flops", "test_top1",
               "test_top1_ci", "val_top1", "per_seed", "search_compute")
 OUTPUTS = ("plan.json", "model.pt", "model.onnx", "report.md", "results.json", "widths.png",
@@ -47,7 +48,7 @@ def test_outputs_and_report(run_dir):
     assert methods[0] == "baseline" and methods[-3:] == HAC and {"uniform", "resolution"} <= set(methods)
     plan = fxscale.ScalingPlan.from_json((out / "plan.json").read_text())
     model = torch.load(out / "model.pt", weights_only=False)
-    x = torch.randn(2, 1, *plan.resolution)
+    x = torch.randn(2, 1, *(plan.resolution or (8, 8)))  # None: the back-off kept the baseline rung (digits 8x8)
     assert model(x).shape == (2, 10)
     report = (out / "report.md").read_text()
     for needle in ("Params (M)", "Utilization (GFLOP/s)", "Alpha search", "I = a * C^b", "Algorithm 1", "hacscale"):
@@ -108,6 +109,16 @@ def test_ablation_rows_take_hacscales_resolution_and_the_measured_budget(run_dir
         plan = fxscale.ScalingPlan.from_json(json.dumps(row["plan"]))
         if bo_measured is not None and plan.widths:  # kept a width rung: it sits at HACScale's resolution
             assert list(plan.resolution) == hac_res
+
+
+def test_published_neuralscale_row(run_dir):
+    _out, summary, _ = run_dir
+    row = next(r for r in summary["methods"] if r["method"] == "neuralscale")
+    cfg = summary["config"]
+    assert row["search_compute"]["epochs"] == 2 * cfg["search_epochs"] and "descent" in row["search_compute"]["what"]
+    rec = summary["method_plans"]["neuralscale"]
+    assert [it["iteration"] for it in rec["trajectory"]] == [0, 1]
+    assert rec["predicted_plan"]["meta"]["method"] == "neuralscale" and rec["predicted_plan"]["meta"]["iterations"] == 1
 
 
 def test_local_importance_samples_with_seeds_and_a_held_out_check(tmp_path):

@@ -21,7 +21,7 @@ from fxscale.cli_checks import (
 from fxscale.errors import PlanError
 from fxscale.scaling.greedy import RULES
 
-METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale-lite", "uniform@hacres",
+METHOD_NAMES = ("uniform", "resolution", "depth", "efficientnet", "dollar", "neuralscale-lite", "neuralscale", "uniform@hacres",
                 "random@hacres")  # the @hacres rows: the allocation ablation at HACScale's resolution
 VARIANTS = ("align8", "cost")  # extra HACScale rows beside the paper's: aligned widths, the cost-aware rule
 

@@ -380,6 +380,9 @@ class Pipeline:
                       importance=getattr(self, "base_importance", None))
             if name in ABLATIONS:  # HACScale's resolution, align and stride: only the width allocation differs
                 kw.update(self._ablation_kw(search or {}))
+            if name == "neuralscale":  # the published method prunes the trained baseline (baselines.descent)
+                from fxscale.scaling.baselines.descent import pipeline_trajectory
+                kw["importance"] = traj = pipeline_trajectory(self)
             try:
                 plan = get_baseline(name)(self.cg, ev, budget, **kw)
             except FxscaleError as e:
@@ -396,6 +399,10 @@ class Pipeline:
                     self.log(f"[methods] {name}: measured latency over budget, backed off from {len(ladder) - 1} "
                              f"to {bo.index} of its knob steps")
             rec.update(plan=json.loads(plan.to_json()), align=kw["align"], wall_s=time.perf_counter() - t0)
+            if name == "neuralscale":
+                rec.update(search_epochs=(len(traj.iterations)) * self.cfg.search_epochs,
+                           search_what="baseline + descent trainings, pruning with fine-tunes, knob search + "
+                                       "measured back-off", trajectory=traj.iterations)
             out[name] = rec
         return out
 

@@ -97,7 +97,8 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
              "the baseline's is never marked: its ratio shows the noise floor).", "",
              "Conventions: " + "; ".join(summary["conventions"].values()) + ".", "",
              "NeuralScale-lite is not the published NeuralScale: one simulated global pruning with fixed scores, "
-             "no retraining, rescoring or architecture-descent iteration.", "",
+             "no retraining, rescoring or architecture-descent iteration; `neuralscale` is the published method "
+             "(iterative pruning of the trained baseline with rescoring and fine-tunes, architecture descent).", "",
              "## Results (Table I columns)", "", table(summary["methods"]), "",
              f"HACScale rows are chosen between on validation only: **{summary['hacscale_choice']['chosen']}** "
              "(exported as plan.json / model.*).", "", "## Statistics", ""]

@@ -25,8 +25,9 @@ def _compute(name: str, search: dict[str, Any], methods: dict[str, Any], alpha: 
         return {"epochs": 0, "wall_s": 0.0, "what": "none"}
     if name in methods:
         bo = methods[name].get("backoff") or {}
-        out = {"epochs": 0, "wall_s": methods[name]["wall_s"], "backoff_wall_s": bo.get("wall_s", 0.0),
-               "what": "knob search on the latency model + measured back-off"}
+        out = {"epochs": methods[name].get("search_epochs", 0), "wall_s": methods[name]["wall_s"],
+               "backoff_wall_s": bo.get("wall_s", 0.0),
+               "what": methods[name].get("search_what", "knob search on the latency model + measured back-off")}
         if "@hacres" in name:  # the ablation rows reuse HACScale's resolution, so its alpha search too
             out.update(epochs=alpha.get("epochs", 0), wall_s=out["wall_s"] + alpha.get("wall_s", 0.0),
                        what="HACScale's alpha search (its resolution) + width allocation on the latency model + "

@@ -25,8 +25,8 @@ all of them (``fxscale.scaling.importance``). That is ``importance_norm="group"`
 ``"producer"`` (``per_producer``) a group's scores are divided by its number of producing layers, so a residual
 stream written by five convs is not five times as important as a single conv's output by construction. The
 choice only rescales each group by a constant: it leaves every group's fitted exponent b and the held-out R² of
-each group unchanged, and changes which group Algorithm 1 widens first. `benchmarks/ablation_importance.py
---norms` measures both on the scaled models' test accuracy.
+each group unchanged, and changes which group Algorithm 1 widens first; the allocation ablation's `--norms`
+option compares both on the scaled models' test accuracy.
 """
 from __future__ import annotations
 

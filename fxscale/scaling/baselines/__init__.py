@@ -35,6 +35,11 @@ Methods (``list_baselines()``):
   model (no retraining, so the scores stay fixed), records (total params, per-group widths) at parameter
   fractions 1.0 .. 0.3, fits ``log w_g = log a_g + b_g log P`` per group (least squares) and scales to the
   largest parameter target P whose predicted widths fit (extrapolating above the baseline).
+- ``neuralscale``: the published method (``descent``): Taylor pruning of the trained baseline in steps of 10% of
+  the removable channels, rescoring after a 20-step fine-tune each time, down to 0.3x params; the per-group law
+  fitted on that trajectory; one architecture-descent iteration (the fitted widths at the baseline's params are
+  trained from scratch, pruned again and refitted); then the largest parameter target that fits. It needs that
+  trajectory as ``importance=`` (``fxscale scale`` computes it; ``descent.descend`` outside the pipeline).
 
 Widths are rounded to the nearest positive multiple of lcm(group divisor, align) (``round_width``);
 resolutions to the nearest pixel. ``plan.meta`` records the method, its factors (nominal and achieved), the
@@ -42,7 +47,8 @@ limits it was scaled to and the plan's predicted latency / params / FLOPs.
 
 Layout: every method is one row of ``table.TABLE`` (a ``search.Knob``: knob name, range, start check and a
 setup that turns the model into value -> plan), run by the one driver ``search.run_baseline``; ``plans`` holds
-the plan builders, ``neuralscale`` the pruning simulation and power-law fit, ``registry`` the registry
+the plan builders, ``neuralscale_lite`` the pruning simulation and power-law fit, ``descent`` the published
+NeuralScale (iterative pruning of a trained net with rescoring, architecture descent), ``registry`` the registry
 (``register_baseline``, ``list_baselines``, ``get_baseline``, ``create_baseline``).
 """
 from __future__ import annotations
@@ -61,7 +67,7 @@ from fxscale.scaling.baselines.ablation import (
     resolution_ramp,
     uniform_at_resolution,
 )
-from fxscale.scaling.baselines.neuralscale import (
+from fxscale.scaling.baselines.neuralscale_lite import (
     NEURALSCALE_FRACTIONS,
     default_channel_scores,
     fit_neuralscale,
@@ -122,12 +128,13 @@ depth = BASELINES["depth"]
 efficientnet = BASELINES["efficientnet"]
 dollar = BASELINES["dollar"]
 neuralscale_lite = BASELINES["neuralscale-lite"]
+neuralscale = BASELINES["neuralscale"]
 
 __all__ = ["ABLATIONS", "ABLATION_FNS", "ablation_ladder", "random_at_resolution", "resolution_ramp",
            "uniform_at_resolution", "BASELINES", "BISECT_STEPS", "BaselineFn", "DOLLAR_ALPHA", "EFFICIENTNET_ALPHA", "EFFICIENTNET_BETA",
            "EFFICIENTNET_GAMMA", "Knob", "MAX_DEPTH_ROUNDS", "MAX_PARAMS_RATIO", "MAX_PHI", "MAX_RESOLUTION", "MAX_S",
            "MAX_WIDTH", "NEURALSCALE_FRACTIONS", "Search", "TABLE", "baseline_fn", "compound_plan", "create_baseline",
            "default_channel_scores", "depth", "depth_plan", "dollar", "dollar_factors", "efficientnet", "fit_neuralscale",
-           "get_baseline", "knob_ladder", "list_baselines", "neuralscale_lite", "neuralscale_plan", "neuralscale_samples",
+           "get_baseline", "knob_ladder", "list_baselines", "neuralscale", "neuralscale_lite", "neuralscale_plan", "neuralscale_samples",
            "register_baseline", "repeatable_stages", "resolution", "resolution_plan", "run_baseline", "uniform",
            "uniform_plan"]

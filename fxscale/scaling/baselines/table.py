@@ -6,7 +6,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from fxscale.analysis.graph import ChannelGraph
 from fxscale.errors import PlanError
-from fxscale.scaling.baselines.neuralscale import neuralscale_knob
+from fxscale.scaling.baselines.descent import descent_knob
+from fxscale.scaling.baselines.neuralscale_lite import neuralscale_knob
 from fxscale.scaling.baselines.plans import (compound_plan, depth_plan, repeatable_stages, resolution_plan,
                                              uniform_plan)
 from fxscale.scaling.baselines.search import ROUNDED_START, Knob, Search
@@ -98,6 +99,11 @@ TABLE: dict[str, Knob] = {row.name: row for row in [
              "global pruning with fixed scores (no retraining, no rescoring, no architecture-descent iteration, unlike "
              "the published method); largest params target that fits.\n\nimportance: group name -> per-channel scores (fxscale.scaling.importance.Importance "
              "or its .channels); None uses default_channel_scores (weight magnitudes)."),
+    Knob("neuralscale", "params_ratio", 1.0, MAX_PARAMS_RATIO, 2.0, descent_knob, start=SMALLEST_START,
+         doc="NeuralScale as published (Lee & Lee 2020): widths from per-layer power laws in total params, fitted "
+             "to an iterative Taylor pruning of the trained baseline with rescoring and short fine-tunes, after "
+             "architecture-descent iterations (fxscale.scaling.baselines.descent); largest params target that "
+             "fits.\n\nimportance: the descent.Trajectory (fxscale scale computes it from its trained baseline)."),
 ]}
 
 
