@@ -76,7 +76,7 @@ def norm_comparison(results: dict[str, Any]) -> list[str]:
         d = paired_bootstrap(rows[1]["test_acc"], rows[0]["test_acc"])
         plans = [r["plan"] for r in rows]
         out += [f"- {key[:-13]}: per-producer minus per-group importance, hacscale test top-1: "
-                f"{100 * d.diff:+.2f} pp [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}], p = {d.p:.3f} over {d.n} paired "
+                f"{100 * d.mean:+.2f} pp [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}], p = {d.p_value:.3f} over {d.n} paired "
                 f"seeds; {'the same plan' if plans[0] == plans[1] else 'different plans'} (widths "
                 f"{plans[0].get('widths')} vs {plans[1].get('widths')})"]
     return ["## Importance normalisation (hacscale rows)", "", *out, ""] if out else []
