@@ -15,7 +15,7 @@ from torch import nn
 
 import fxscale
 from fxscale.cli import main
-from fxscale.errors import FxscaleError
+from fxscale.errors import FxscaleError, PlanError
 from fxscale.scaling.pipeline import STAGES, UNKEYED, Pipeline, ScaleConfig, downstream, stage_keys
 
 torch.set_num_threads(1)
@@ -109,6 +109,24 @@ def test_ablation_rows_take_hacscales_resolution_and_the_measured_budget(run_dir
         plan = fxscale.ScalingPlan.from_json(json.dumps(row["plan"]))
         if bo_measured is not None and plan.widths:  # kept a width rung: it sits at HACScale's resolution
             assert list(plan.resolution) == hac_res
+
+
+def test_importance_runs_are_judged_and_retrained_until_converged(tmp_path):
+    cfg = ScaleConfig(**{**TINY, "samples": 3, "seeds": (0,), "sample_max_epochs": 4})
+    logs: list[str] = []
+    pipe = Pipeline(cfg, tmp_path, log=logs.append)
+    pipe.importance_fit((8, 8))
+    conv = pipe.importance_compute["convergence"]
+    assert conv["runs"] == conv["judged"] == 3 and conv["max_epochs"] == 4
+    # 1 and 2 epochs are never judged converged (the test needs >= 3 epochs): every run ends at the 4-epoch cap
+    assert conv["epochs"] == [4] and any("not converged: retraining with 2 epochs" in line for line in logs)
+    assert any("not converged: retraining with 4 epochs" in line for line in logs)
+    assert pipe.importance_compute["epochs"] == 3 * 4
+    again = Pipeline(cfg, tmp_path, log=logs.append)
+    again.importance_fit((8, 8))
+    assert again.importance_compute["convergence"] == conv  # the longer runs are cached under their own keys
+    with pytest.raises(PlanError, match="sample_max_epochs must be 0"):
+        ScaleConfig(**{**TINY, "sample_epochs": 4, "sample_max_epochs": 2}).validate()
 
 
 def test_published_neuralscale_row(run_dir):

@@ -289,3 +289,14 @@ def test_sampling_settings_are_checked():
                                                                             "importance_norm must be one of group")):
         with pytest.raises(PlanError, match=needle):
             ScaleConfig(**kw).validate()
+
+
+@pytest.mark.parametrize(("loss", "val", "ok"), [
+    ([2.0, 1.0, 0.50, 0.49], [0.5, 0.8, 0.9, 0.9], True),     # flat over the last quarter, val at its best
+    ([2.0, 1.0, 0.50, 0.30], [0.5, 0.8, 0.9, 0.9], False),    # still falling
+    ([2.0, 1.0, 0.50, 0.49], [0.5, 0.95, 0.9, 0.9], False),   # final val 5 pp under the best
+    ([2.0, 1.9], [0.5, 0.6], False),                          # too short to judge
+])
+def test_sample_convergence_criterion(loss, val, ok):
+    from fxscale.scaling.samples import converged
+    assert converged(loss, val) is ok

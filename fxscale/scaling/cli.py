@@ -52,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> ScaleConfig:
                        memory_budget=None if str(args.memory_budget).lower() == "none" else args.memory_budget,
                        flops_scale=args.flops_scale, alphas=args.alphas if args.alphas is not None else d.alphas,
                        alpha=args.alpha, samples=args.samples, sample_epochs=args.sample_epochs,
+                       sample_max_epochs=args.sample_max_epochs,
                        sample_mode=args.sample_mode, sample_seeds=args.sample_seeds,
                        importance_holdout=args.importance_holdout, importance_norm=args.importance_norm,
                        search_epochs=args.search_epochs, epochs=args.epochs, rule=args.rule, stride=args.stride,
@@ -124,6 +125,10 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=finite_float, default=None, help="use this alpha in (0, 1) and skip the search")
     p.add_argument("--samples", type=_int, default=d.samples, help="width configurations for the importance fit (>= 2)")
     p.add_argument("--sample-epochs", type=_int, default=d.sample_epochs, help="epochs per sampled configuration")
+    p.add_argument("--sample-max-epochs", type=_int, default=d.sample_max_epochs,
+                   help="retrain importance runs that fail the convergence test (train loss flat over the last "
+                        "quarter, final val accuracy within 1 pp of the best) with twice the epochs, up to this "
+                        "many (default 0: no retraining; the report still counts converged runs)")
     p.add_argument("--sample-mode", choices=("grid", "local"), default=d.sample_mode,
                    help="importance samples: grid (0.5x..2x, default) or local (x0.75..x1.25 per group around the "
                         "working point)")

@@ -42,6 +42,7 @@ class ScaleConfig:
     alpha: Optional[float] = None  # skip the alpha search
     samples: int = 8  # importance-predictor width configurations
     sample_epochs: int = 4
+    sample_max_epochs: int = 0  # > sample_epochs: retrain runs that fail the convergence test with 2x epochs up to it
     sample_mode: str = "grid"  # importance samples: "grid" (0.5x..2x) or "local" (x0.75..x1.25 per group), scaling.samples
     sample_seeds: int = 1  # training seeds per sampled configuration (each run is one sample of the fit)
     importance_norm: str = "group"  # "group": a kernel sums over its tied group's layers; "producer": per layer
@@ -108,6 +109,9 @@ class ScaleConfig:
                   (self.rule in RULES, f"{lab('rule')} must be one of {RULES}, got {self.rule!r}"),
                   (self.sample_mode in ("grid", "local"),
                    f"{lab('sample_mode')} must be one of grid, local, got {self.sample_mode!r}"),
+                  (self.sample_max_epochs == 0 or self.sample_max_epochs >= self.sample_epochs,
+                   f"{lab('sample_max_epochs')} must be 0 (no retraining) or >= {lab('sample_epochs')} "
+                   f"({self.sample_epochs}), got {self.sample_max_epochs}"),
                   (self.importance_norm in ("group", "producer"),
                    f"{lab('importance_norm')} must be one of group, producer, got {self.importance_norm!r}"),
                   (bool(self.seeds), f"{lab('seeds')} must not be empty"),

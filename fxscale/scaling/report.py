@@ -135,6 +135,10 @@ def _markdown(pipe: Any, summary: dict[str, Any], plots: list[str]) -> str:
                      f"{f['note']} |")
     poor = summary["importance"].get("poorly_fit") or []
     lines += ["", f"Poorly fitted groups (log-space R² < 0.5): {', '.join(poor) if poor else 'none'}."]
+    conv = (summary.get("importance_sampling") or {}).get("convergence")
+    if conv:
+        lines += ["", f"Importance runs converged: {conv['converged']} of {conv['judged']} judged ({conv['criterion']}; "
+                      f"epochs used {conv['epochs']}, cap {conv['max_epochs'] or 'none'})."]
     lines += ["", "## Width search (Algorithm 1) and measured back-off", "",
               "| row | rule | stride | align | steps | kept | accepted ratio [95% CI] | rounds | predicted ms | "
               "params | importance added | stopped |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]

@@ -10,8 +10,12 @@ Sampling modes (``ScaleConfig.sample_mode``):
   width varies while the others stay near where the search will use them.
 
 Each configuration is trained ``sample_seeds`` times (training seeds seeds[0], seeds[0] + 1, ...), each run
-giving one sample; the fit sees every run. Training length: ``sample_epochs`` with the cosine schedule of every
-other training (not a convergence test; compare the validation curves in the sample records to judge it).
+giving one sample; the fit sees every run. Training length: ``sample_epochs`` with the recipe of every other
+training. Every run is judged by a convergence criterion (``converged``: the train loss changed by at most 5% over
+the last quarter of the epochs and the final validation accuracy is within 1 pp of the run's best); with
+``sample_max_epochs`` above ``sample_epochs`` a run that fails it is trained again from scratch with twice the
+epochs until it passes or the cap is reached (``train_to_convergence``). results.json's importance compute lists
+how many runs converged; fxscale warns when some did not.
 
 Held-out check (``importance_holdout`` > 0): that many further local configurations (another seed stream, never
 used in the fit) are trained and scored the same way; ``prediction_check`` compares the predictor's per-kernel
@@ -46,6 +50,8 @@ from fxscale.scaling.budget import round_width
 SAMPLE_MODES = ("grid", "local")
 LOCAL_SPREAD = (0.75, 1.25)
 HOLDOUT_SEED = 1000  # held-out configurations: seed + HOLDOUT_SEED, a stream the fitted samples never use
+CONVERGE_LOSS = 0.05  # convergence: relative train-loss drop over the last quarter of the epochs at most this
+CONVERGE_ACC = 0.01  # ... and the final validation accuracy within this of the run's best
 
 
 def local_configs(cg: ChannelGraph, k: int, seed: int = 0, around: Optional[Mapping[str, int]] = None,
@@ -98,26 +104,46 @@ def per_producer(imp: Any, cg: ChannelGraph) -> Any:
                       {g: v / n.get(g, 1) for g, v in imp.groups.items()}, dict(imp.widths), imp.batches)
 
 
+def converged(train_loss: Sequence[float], val_acc: Sequence[float]) -> bool:
+    """The samples' convergence criterion: at least 3 epochs, the train loss fell by at most CONVERGE_LOSS (relative)
+    over the last quarter of the epochs, and the final validation accuracy is within CONVERGE_ACC of the run's best."""
+    n = len(train_loss)
+    if n < 3 or len(val_acc) != n:
+        return False
+    k = max(1, n // 4)
+    flat = (train_loss[-1 - k] - train_loss[-1]) <= CONVERGE_LOSS * max(abs(train_loss[-1]), 1e-12)
+    return bool(flat and val_acc[-1] >= max(val_acc) - CONVERGE_ACC)
+
+
 def train_samples(pipe: Any, configs: Sequence[Mapping[str, int]], resolution: tuple[int, int],
-                  seeds: Sequence[int], tag: str) -> tuple[list[Any], int]:
-    """Importance of each (configuration, seed) at `resolution`, cached per run; returns samples, runs trained."""
+                  seeds: Sequence[int], tag: str, epochs: Optional[int] = None
+                  ) -> tuple[list[Any], int, list[dict[str, Any]]]:
+    """Importance of each (configuration, seed) at `resolution` after `epochs` (default cfg.sample_epochs), cached
+    per run; returns the samples, the runs trained now, and per run {"epochs", "converged"} (see `converged`)."""
     from fxscale.scaling.importance import Importance, importance
     from fxscale.scaling.stages import atomic_write
     cfg = pipe.cfg
+    epochs = epochs or cfg.sample_epochs
     cache = pipe.out / "cache" / "importance"
     samples: dict[int, Any] = {}
+    records: dict[int, dict[str, Any]] = {}
     todo = []
     jobs = [(ScalingPlan(widths=dict(w), resolution=resolution), s) for w in configs for s in seeds]
     for i, (plan, seed) in enumerate(jobs):
-        extra = plan.to_json() if seed == cfg.seeds[0] else {"plan": plan.to_json(), "seed": seed}
+        extra: Any = plan.to_json() if seed == cfg.seeds[0] else {"plan": plan.to_json(), "seed": seed}
+        if epochs != cfg.sample_epochs:  # a longer run of the same configuration (convergence) is its own entry
+            extra = {"sample": extra, "epochs": epochs}
         path = cache / f"{pipe._key('importance_sample', extra=extra)}.json"
         if path.exists():
-            samples[i] = Importance.from_dict(json.loads(path.read_text()))
+            d = json.loads(path.read_text())
+            samples[i] = Importance.from_dict(d)
+            records[i] = d.get("train", {"epochs": epochs, "converged": None})
         else:
             todo.append((i, path, plan, seed))
     if todo:
-        pipe.log(f"[importance] training {len(todo)} of {len(jobs)} {tag} runs ({len(jobs) - len(todo)} cached)")
-        outs = pipe.train_many([(str(p), plan, seed) for _i, p, plan, seed in todo], cfg.sample_epochs)
+        pipe.log(f"[importance] training {len(todo)} of {len(jobs)} {tag} runs x {epochs} epochs "
+                 f"({len(jobs) - len(todo)} cached)")
+        outs = pipe.train_many([(str(p), plan, seed) for _i, p, plan, seed in todo], epochs)
         for (i, path, plan, _seed), o in zip(todo, outs):
             model = pipe.build(plan)
             model.load_state_dict(o.state_dict)
@@ -126,10 +152,34 @@ def train_samples(pipe: Any, configs: Sequence[Mapping[str, int]], resolution: t
             missing = sorted(set(plan.widths) - set(imp.groups))
             if missing:
                 raise FxscaleError(f"importance of the sampled model has no groups {missing}")
+            r = o.result
+            records[i] = {"epochs": r.epochs, "converged": converged(r.train_loss, r.val_acc),
+                          "train_loss": list(r.train_loss), "val_acc": list(r.val_acc)}
             cache.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, json.dumps(imp.to_dict()))
+            atomic_write(path, json.dumps({**imp.to_dict(), "train": records[i]}))
             samples[i] = imp
-    return [samples[i] for i in range(len(jobs))], len(todo)
+    return [samples[i] for i in range(len(jobs))], len(todo), [records[i] for i in range(len(jobs))]
+
+
+def train_to_convergence(pipe: Any, configs: Sequence[Mapping[str, int]], resolution: tuple[int, int],
+                         seeds: Sequence[int], tag: str) -> tuple[list[Any], int, list[dict[str, Any]]]:
+    """train_samples, then (cfg.sample_max_epochs > cfg.sample_epochs) every run that fails `converged` is trained
+    again from scratch with twice the epochs, until all converge or the next doubling would pass the cap."""
+    cfg = pipe.cfg
+    samples, trained, records = train_samples(pipe, configs, resolution, seeds, tag)
+    epochs = cfg.sample_epochs
+    while 2 * epochs <= cfg.sample_max_epochs:
+        redo = [i for i, r in enumerate(records) if not r.get("converged")]
+        if not redo:
+            break
+        epochs *= 2
+        pipe.log(f"[importance] {len(redo)} of {len(records)} {tag} runs not converged: retraining with {epochs} "
+                 "epochs")
+        jobs = [(i // len(seeds), seeds[i % len(seeds)]) for i in redo]
+        for (c, seed), i in zip(jobs, redo):
+            got, n, rec = train_samples(pipe, [configs[c]], resolution, [seed], tag, epochs)
+            samples[i], records[i], trained = got[0], rec[0], trained + n
+    return samples, trained, records
 
 
 def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
@@ -142,7 +192,7 @@ def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
     seeds = [cfg.seeds[0] + i for i in range(cfg.sample_seeds)]
     configs = (local_configs(pipe.cg, cfg.samples, seed=cfg.seeds[0]) if cfg.sample_mode == "local"
                else sample_configs(pipe.cg, cfg.samples, seed=cfg.seeds[0]))
-    samples, trained = train_samples(pipe, configs, resolution, seeds, "sampled width configuration")
+    samples, trained, records = train_to_convergence(pipe, configs, resolution, seeds, "sampled width configuration")
     norm = (lambda ss: [per_producer(x, pipe.cg) for x in ss]) if cfg.importance_norm == "producer" else list
     samples = norm(samples)
     base = {g.name: g.width for g in pipe.cg.scalable}
@@ -157,15 +207,25 @@ def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
     if cfg.importance_holdout:
         held_cfgs = local_configs(pipe.cg, cfg.importance_holdout, seed=cfg.seeds[0] + HOLDOUT_SEED,
                                   include_center=False)
-        held, n = train_samples(pipe, held_cfgs, resolution, seeds[:1], "held-out configuration")
+        held, n, held_records = train_to_convergence(pipe, held_cfgs, resolution, seeds[:1], "held-out configuration")
+        records = records + held_records
         held = norm(held)
         trained, runs = trained + n, runs + len(held)
         pipe.importance_check = {**prediction_check(pred, held), "configs": held_cfgs}
         o = pipe.importance_check["overall"]
         pipe.log(f"[importance] held-out check on {len(held)} configurations: R² (log) {o['r2_log']:.3f}, "
                  f"MAPE {o['mape']:.1f}%")
-    pipe.importance_compute = {"epochs": runs * cfg.sample_epochs, "wall_s": time.perf_counter() - t0,
-                               "cached_samples": runs - trained, "mode": cfg.sample_mode, "seeds": seeds,
+    judged = [r for r in records if r.get("converged") is not None]
+    conv = {"criterion": f"train loss within {CONVERGE_LOSS:.0%} over the last quarter of epochs and final val "
+                         f"accuracy within {CONVERGE_ACC:.0%} of the best", "runs": len(records),
+            "converged": sum(1 for r in judged if r["converged"]), "judged": len(judged),
+            "epochs": sorted({int(r["epochs"]) for r in records}), "max_epochs": cfg.sample_max_epochs}
+    if judged and conv["converged"] < len(judged):
+        pipe.log(f"[importance] warning: {len(judged) - conv['converged']} of {len(judged)} importance runs did not "
+                 "converge (" + conv["criterion"] + "); raise --sample-epochs or --sample-max-epochs")
+    pipe.importance_compute = {"epochs": sum(int(r["epochs"]) for r in records), "wall_s": time.perf_counter() - t0,
+                               "convergence": conv,
+                               "cached_samples": max(0, runs - trained), "mode": cfg.sample_mode, "seeds": seeds,
                                "norm": cfg.importance_norm}
     if pred.poorly_fit():
         pipe.log(f"[importance] warning: poorly fitted groups (log-space R² < {POOR_R2}): "
@@ -173,5 +233,5 @@ def sample_and_fit(pipe: Any, resolution: tuple[int, int]) -> Any:
     return pred
 
 
-__all__ = ["HOLDOUT_SEED", "LOCAL_SPREAD", "SAMPLE_MODES", "local_configs", "per_producer", "prediction_check",
+__all__ = ["CONVERGE_ACC", "CONVERGE_LOSS", "HOLDOUT_SEED", "LOCAL_SPREAD", "converged", "train_to_convergence", "SAMPLE_MODES", "local_configs", "per_producer", "prediction_check",
            "sample_and_fit", "train_samples"]

@@ -30,7 +30,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "alpha": (("alphas", "alpha", "flops_scale", "align", "search_epochs", "search_s", "flops_tol"),
               ("input", "training", "budget")),  # s is searched against the budget
     "importance_sample": (("sample_epochs",), ("input", "training")),  # one sampled width configuration
-    "importance": (("samples", "sample_mode", "sample_seeds", "importance_holdout", "importance_norm"),
+    "importance": (("samples", "sample_mode", "sample_seeds", "importance_holdout", "importance_norm",
+                    "sample_max_epochs"),
                    ("importance_sample", "alpha")),  # sampled at the alpha's resolution (scaling.samples)
     "search": (("rule", "stride", "align", "variants"), ("latency_model", "budget", "alpha", "importance", "timing",
                                                           "backoff")),
