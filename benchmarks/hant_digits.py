@@ -29,6 +29,8 @@ QUICK_CANDIDATES = "teacher,skip,cn_k3,ds_k3,ir_e3_k3,ir_e6_k3_se,er_e4_k3,prune
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mobilenet_v2", help="mobilenet_v2 or efficientnet_b0 (torchvision)")
+    p.add_argument("--data", default="digits", help="digits, or glyphs (font-split characters; the summary files "
+                   "are then hant_glyphs.*)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--target", default="ort")
     p.add_argument("--budgets", default="0.6,0.8")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     budgets = [float(b) for b in a.budgets.split(",") if b.strip()]
     kinds = [s.strip() for s in a.scores.split(",") if s.strip()]
-    cfg = AccelerateConfig(model=a.model, data="digits", resolution=a.resolution, target=a.target,
+    cfg = AccelerateConfig(model=a.model, data=a.data, resolution=a.resolution, target=a.target,
                            latency_budget=f"{budgets[0]}x", score=kinds[0],
                            candidates=tuple(a.candidates.split(",")) if a.candidates else None,
                            teacher_epochs=a.teacher_epochs, teacher_lr=a.teacher_lr, distill_epochs=a.distill_epochs,
@@ -95,15 +97,16 @@ def main(argv: list[str] | None = None) -> int:
                "score_agreement": scores_summary(acc, scores), "settings": vars(a), "runs": runs}
     out = Path(a.summary)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "hant_digits.json").write_text(json.dumps(summary, indent=1, default=float))
-    md = [f"# HANT on digits: {a.model} at {a.resolution} px on {a.target}", "",
+    stem = f"hant_{a.data}"
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=float))
+    md = [f"# HANT on {a.data}: {a.model} at {a.resolution} px on {a.target}", "",
           f"teacher {table.teacher_ms:.3f} ms, test top-1 {100 * acc.teacher_info['test_acc']:.2f}%; "
           f"{summary['pairs']} pairs; phase 1 {phase1:.0f} s; additivity "
           f"{table.additivity.get('mean_abs_rel_error', float('nan')):.1%} mean"]
     for r in runs:
         md += ["", f"## budget {r['budget']}x, score {r['score']}", "", methods_table(r["methods"])]
-    (out / "hant_digits.md").write_text("\n".join(md) + "\n")
-    print(f"\nwrote {out / 'hant_digits.json'} and hant_digits.md")
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    print(f"\nwrote {out / stem}.json and {stem}.md")
     return 0
 
 
