@@ -48,6 +48,7 @@ def test_accelerate_writes_every_file_and_resumes(tmp_path, capsys):
     (["--candidates", "teacher,foo_k3"], r"--candidates has unknown \['foo_k3'\]"),
     (["--candidates", "ds_k3"], r"--candidates must include 'teacher'"),
     (["--score", "speed"], r"--score must be one of dloss, dacc, local"),
+    (["--latency-profile", "no/such.json"], r"--latency-profile is not a file"),
     (["--baselines", "uniform,magic"], r"--baselines has unknown \['magic'\]"),
     (["--seeds", "0"], r"--seeds must be >= 1"),
     (["--target", "tpu"], r"--target: unknown target 'tpu'"),

@@ -133,6 +133,34 @@ def test_latency_table_bookkeeping():
     assert LatencyTable.from_dict(t.to_dict()).to_dict() == t.to_dict()
 
 
+def test_latency_table_predicted_from_a_device_profile(tiny, tmp_path):
+    from test_predictor import _synthetic_profile
+
+    from fxscale.hant.assemble import extract_site
+    from fxscale.hant.latency import predict_table
+    from fxscale.hw.predictor import LatencyPredictor
+    gm, sites, _xs = tiny
+    _synthetic_profile(["conv_k3", "norm", "elementwise", "reduce", "linear"]).save(tmp_path / "p.json")
+    pred = LatencyPredictor(tmp_path / "p.json")
+    modules = {s.name: {"teacher": extract_site(gm, s)} for s in sites}
+    for s in sites:
+        if tuple(s.in_shape) == tuple(s.out_shape):
+            modules[s.name]["skip"] = nn.Identity()
+    t = predict_table(pred, gm, (1, 1, 8, 8), sites, modules)
+    assert t.source == "predicted" and t.teacher_ms > 0 and any("skip" in row for row in t.table.values())
+    assert all(v >= 0 for row in t.table.values() for v in row.values())
+    assert all(row["skip"] == 0.0 and row["teacher"] > 0 for row in t.table.values() if "skip" in row)
+    assert t.predict({}) == pytest.approx(t.teacher_ms)  # L_fixed closes the sum at the teacher
+    assert LatencyTable.from_dict(t.to_dict()).source == "predicted"
+
+
+def test_missing_latency_profile_is_named():
+    from fxscale.errors import PlanError
+    from fxscale.hant.config import AccelerateConfig
+    with pytest.raises(PlanError, match="latency_profile is not a file"):
+        AccelerateConfig(latency_profile="no/such/profile.json").validate()
+
+
 @pytest.mark.slow
 def test_pairs_on_local_worker_processes(tiny, tmp_path):
     jobs = _jobs(tiny, tmp_path, specs=("ds_k3", "ir_e3_k3"), epochs=1)

@@ -26,6 +26,7 @@ def config_from_args(args: argparse.Namespace) -> AccelerateConfig:
     return AccelerateConfig(
         model=args.model, data=args.data, data_kw=args.data_kw or {}, resolution=args.resolution,
         target=args.target, threads=args.threads, latency_budget=args.latency_budget,
+        latency_profile=args.latency_profile,
         candidates=_names(args.candidates) if args.candidates else None, score=args.score,
         teacher_epochs=args.teacher_epochs, distill_epochs=args.distill_epochs, distill_samples=args.distill_samples,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, seed=args.seed,
@@ -88,6 +89,10 @@ def add_accelerate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-kw", type=json_object, default=None, help="dataset options as a JSON object")
     p.add_argument("--resolution", type=positive_int, default=None, help="square input size (default: the data's)")
     p.add_argument("--target", default=d.target, help="latency target: ort, torch")
+    p.add_argument("--latency-profile", default=None,
+                   help="device profile (fxscale profile) to predict the latency table from instead of timing every "
+                        "(site, candidate) pair; the solve loop still measures the student on --target (default: "
+                        "time every pair)")
     p.add_argument("--threads", type=positive_int, default=d.threads, help="intra-op threads of the timed runtime")
     p.add_argument("--latency-budget", default=d.latency_budget,
                    help="a ratio of the teacher's measured latency (0.6x) or a latency in ms (2.5ms)")

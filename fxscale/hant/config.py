@@ -15,7 +15,8 @@ BASELINES = ("uniform", "taylor", "random", "greedy", "hacscale", "hant_scale")
 # stage -> (config fields it reads, upstream stages); a changed field reruns its stage and every stage below it
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "teacher": (("model", "data", "data_kw", "resolution", "teacher_epochs", "teacher_lr", "seed"), ()),
-    "latency": (("target", "threads", "runs", "warmup", "rounds", "candidates", "additivity"), ("teacher",)),
+    "latency": (("target", "threads", "runs", "warmup", "rounds", "candidates", "additivity", "latency_profile"),
+                ("teacher",)),
     "distill": (("candidates", "distill_epochs", "distill_lr", "distill_samples", "batch_size"), ("teacher",)),
     "scores": ((), ("distill",)),
     "results": (("latency_budget", "score", "finetune_epochs", "finetune_lr", "seeds", "baselines", "frontier"),
@@ -46,6 +47,7 @@ class AccelerateConfig:
     resolution: Optional[int] = None  # square input size; None: the data's own
     target: str = "ort"
     threads: int = 1
+    latency_profile: Optional[str] = None  # device profile: predict the latency table instead of timing every pair
     latency_budget: str = "0.6x"
     candidates: Optional[tuple[str, ...]] = None  # None: candidates.default_grid per site
     score: str = "dloss"
@@ -89,6 +91,9 @@ class AccelerateConfig:
                    for f in ("teacher_epochs", "distill_epochs", "finetune_epochs")]
         checks += [(f, getattr(self, f) > 0, "must be > 0") for f in ("teacher_lr", "distill_lr", "finetune_lr")]
         checks += [("frontier", all(0 < b for b in self.frontier), "budgets must be > 0")]
+        if self.latency_profile is not None:
+            from pathlib import Path
+            checks.append(("latency_profile", Path(self.latency_profile).is_file(), "is not a file"))
         bad = [b for b in self.baselines if b not in BASELINES]
         checks.append(("baselines", not bad, f"has unknown {bad[:1]}; valid: {', '.join(BASELINES)}"))
         if self.candidates is not None:

@@ -1,4 +1,5 @@
-"""The latency table: every (site, candidate) timed on the target at the site's input shape, plus L_fixed.
+"""The latency table: every (site, candidate) timed on the target at the site's input shape, plus L_fixed (or, with
+a device profile, predicted by the latency predictor: `predict_table`).
 
 Everything goes through the one timing engine (`fxscale.hw.timing.measure_interleaved`, interleaved rounds, the
 empty call subtracted). The whole teacher is timed in the same session as its sites, so
@@ -35,6 +36,7 @@ class LatencyTable:
     teacher_ms: float
     fixed_ms: float
     additivity: dict[str, Any] = field(default_factory=dict)
+    source: str = "measured"  # or "predicted" (predict_table)
 
     def predict(self, choice: Mapping[str, str]) -> float:
         """L_fixed + the chosen candidates' latencies (sites not in `choice` keep the teacher)."""
@@ -42,12 +44,12 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "teacher_ms": self.teacher_ms, "fixed_ms": self.fixed_ms,
-                "additivity": self.additivity}
+                "additivity": self.additivity, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencyTable":
         return cls({k: dict(v) for k, v in d["table"].items()}, float(d["teacher_ms"]), float(d["fixed_ms"]),
-                   dict(d.get("additivity") or {}))
+                   dict(d.get("additivity") or {}), str(d.get("source", "measured")))
 
 
 def measure_table(target: Any, teacher: nn.Module, input_shape: Sequence[int], sites: Sequence[Site],
@@ -70,6 +72,51 @@ def measure_table(target: Any, teacher: nn.Module, input_shape: Sequence[int], s
     return LatencyTable(table, teacher_ms, fixed)
 
 
+def predict_table(predictor: Any, teacher: fx.GraphModule, input_shape: Sequence[int], sites: Sequence[Site],
+                  modules: Mapping[str, Mapping[str, nn.Module]],
+                  progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
+    """The table from a latency predictor (fxscale.hw.predictor.LatencyPredictor on a device profile) instead of
+    timing: the teacher and every (site, spec) module traced at its input shape and predicted; L_fixed as in
+    measure_table. Used where timing every pair is too slow or the target is another device."""
+    import torch
+
+    import fxscale
+    teacher_ms = float(predictor.predict(fxscale.trace(teacher, torch.zeros(*input_shape))))
+    # a separately predicted module carries the profile's per-model constant (call overhead); it is counted once,
+    # in the teacher, so each module's prediction sheds it (an identity `skip` then costs nothing)
+    const = float(predictor.predict(fxscale.trace(nn.Identity(), torch.zeros(*input_shape))))
+    table: dict[str, dict[str, float]] = {s.name: {} for s in sites}
+    total, done = sum(len(modules[s.name]) for s in sites), 0
+    for site in sites:
+        x = torch.zeros(1, *site.in_shape[1:])
+        for spec, module in modules[site.name].items():
+            table[site.name][spec] = max(0.0, float(predictor.predict(fxscale.trace(module.eval(), x))) - const)
+            done += 1
+            if progress:
+                progress(done, total)
+    return LatencyTable(table, teacher_ms, teacher_ms - sum(table[s.name]["teacher"] for s in sites),
+                        source="predicted")
+
+
+def predicted_additivity(predictor: Any, assemble_fn: Callable[[Mapping[str, str]], fx.GraphModule],
+                         table: LatencyTable, input_shape: Sequence[int], n: int = 3, seed: int = 0) -> dict[str, Any]:
+    """check_additivity against the predictor's whole-model prediction of each random assembly (nothing timed)."""
+    import torch
+
+    import fxscale
+    rng = random.Random(seed)
+    choices = [{s: rng.choice(sorted(specs)) for s, specs in table.table.items()} for _ in range(n)]
+    rows = []
+    for c in choices:
+        whole = float(predictor.predict(fxscale.trace(assemble_fn(c), torch.zeros(*input_shape))))
+        pred = table.predict(c)
+        rows.append({"predicted_ms": pred, "measured_ms": whole, "rel_error": (pred - whole) / whole if whole > 0
+                     else float("nan"), "what": "whole assembly predicted"})
+    errs = [abs(r["rel_error"]) for r in rows]
+    return {"n": n, "mean_abs_rel_error": statistics.fmean(errs) if errs else float("nan"),
+            "max_abs_rel_error": max(errs) if errs else float("nan"), "assemblies": rows, "predicted": True}
+
+
 def check_additivity(target: Any, assemble_fn: Callable[[Mapping[str, str]], fx.GraphModule],
                      table: LatencyTable, input_shape: Sequence[int], proto: Any, n: int = 3,
                      seed: int = 0) -> dict[str, Any]:
@@ -88,4 +135,4 @@ def check_additivity(target: Any, assemble_fn: Callable[[Mapping[str, str]], fx.
             "max_abs_rel_error": max(errs) if errs else float("nan"), "assemblies": rows}
 
 
-__all__ = ["LatencyTable", "check_additivity", "measure_table", "protocol"]
+__all__ = ["LatencyTable", "check_additivity", "measure_table", "predict_table", "predicted_additivity", "protocol"]

@@ -137,6 +137,8 @@ class Accelerator:
         proto = protocol(self.target, runs=cfg.runs, warmup=cfg.warmup, rounds=cfg.rounds)
 
         def run() -> dict[str, Any]:
+            if cfg.latency_profile:
+                return self._predicted_table()
             self.log(f"[latency] timing {sum(len(v) for v in self.modules.values())} candidates and the teacher on "
                      f"{cfg.target}")
             table = measure_table(self.target, self.gm, tuple(self.x.shape), self.sites, self.modules, proto,
@@ -151,6 +153,20 @@ class Accelerator:
                  (f"; additivity error mean {add['mean_abs_rel_error']:.1%}, max {add['max_abs_rel_error']:.1%}"
                   if add else ""))
         return table
+
+    def _predicted_table(self) -> dict[str, Any]:
+        from fxscale.hant.latency import predict_table, predicted_additivity
+        from fxscale.hw.predictor import LatencyPredictor
+        cfg = self.cfg
+        self.log(f"[latency] predicting {sum(len(v) for v in self.modules.values())} candidates and the teacher from "
+                 f"the device profile {cfg.latency_profile}")
+        pred = LatencyPredictor(cfg.latency_profile)
+        table = predict_table(pred, self.gm, tuple(self.x.shape), self.sites, self.modules,
+                              progress=_progress_bar(cfg.progress, "latency"))
+        if cfg.additivity:
+            table.additivity = predicted_additivity(pred, self.assemble, table, tuple(self.x.shape),
+                                                    n=cfg.additivity, seed=cfg.seed)
+        return table.to_dict()
 
     # ---- phase 1 -------------------------------------------------------------------------------------
     def _batches(self, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
