@@ -107,3 +107,18 @@ def test_solve_measured_re_solves_a_student_far_under_budget(monkeypatch):
     kept = [c for c in corrections if c["kept"]]
     assert len(kept) == 1 and kept[0]["measured_ms"] <= 4.0 * 1.02 and kept[0]["score"] > corrections[0]["score"]
     assert sol.score == kept[0]["score"] and choice == seen[corrections.index(kept[0])]
+
+
+def test_baselines_take_their_largest_member_within_the_latency():
+    from fxscale.hant.baselines import pick_at_latency
+    lat = {0.3: 0.78, 0.5: 0.43, 0.7: 0.62, 0.9: 0.95}  # 0.3 is slow: its channel counts miss the runtime's blocking
+    assert pick_at_latency(lat, 0.8) == 0.7 and pick_at_latency(lat, 0.5) == 0.5
+    assert pick_at_latency(lat, 0.1) == 0.5  # none fits: the fastest
+
+
+def test_pruned_widths_are_aligned_to_8(setup):
+    from fxscale.hant.baselines import uniform_family
+    gm, _ = setup
+    fam = uniform_family(gm, fractions=(0.3, 0.7))
+    for model in fam.values():
+        assert all(g.width % 8 == 0 for g in fxscale.analyze(model).scalable)

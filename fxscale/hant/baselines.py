@@ -8,10 +8,11 @@ channel-pruning baselines that HANT is compared against at the same measured lat
   normalised by its group's mean, are ranked over the whole network; a fraction q of all channels is kept
   (threshold on the global ranking), and the kept channels are the highest-scoring ones of each group.
 The pipeline times each family with the student in one interleaved session and keeps, per family, the largest
-member not slower than the student.
+member (by keep fraction) not slower than the student.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -24,6 +25,7 @@ from fxscale.plan import ScalingPlan
 from fxscale.scaling.budget import uniform_widths
 
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ALIGN = 8  # pruned widths are multiples of 8 (or of the group's divisor, if larger), like `fxscale scale --baseline-align`
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,16 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, bundle: Any, re
     return student.eval()
 
 
-def uniform_family(gm: fx.GraphModule, fractions: Sequence[float] = FRACTIONS) -> dict[float, fx.GraphModule]:
-    """fraction -> the teacher uniformly pruned to that fraction of every scalable group's width."""
+def uniform_family(gm: fx.GraphModule, fractions: Sequence[float] = FRACTIONS, align: int = ALIGN
+                   ) -> dict[float, fx.GraphModule]:
+    """fraction -> the teacher uniformly pruned to that fraction of every scalable group's width (rounded to
+    multiples of `align`, as the scale pipeline's baselines: CPU runtimes block channels by 8)."""
     cg = fxscale.analyze(gm)
-    return {f: fxscale.transform(gm, ScalingPlan(widths=uniform_widths(cg, f)), init="prune", cg=cg).eval()
+    return {f: fxscale.transform(gm, ScalingPlan(widths=uniform_widths(cg, f, align)), init="prune", cg=cg).eval()
             for f in fractions}
 
 
-def taylor_widths(cg: Any, imp: Any, keep: float) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+def taylor_widths(cg: Any, imp: Any, keep: float, align: int = 1) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
     """Widths keeping the globally top `keep` fraction of group-normalised Taylor scores, and the scores used."""
     norm = {g: s / s.mean().clamp_min(1e-30) for g, s in imp.channels.items()}
     allv = torch.cat([v for v in norm.values()])
@@ -84,29 +88,31 @@ def taylor_widths(cg: Any, imp: Any, keep: float) -> tuple[dict[str, int], dict[
         s = norm.get(g.name)
         if s is None:
             continue
-        div = max(1, int(g.divisor or 1))
+        div = math.lcm(max(1, int(g.divisor or 1)), align)
         n = int((s >= thr).sum())
         widths[g.name] = min(g.width, max(div, -(-n // div) * div))
     return widths, norm
 
 
 def taylor_family(gm: fx.GraphModule, bundle: Any, resolution: Optional[tuple], batches: int = 8,
-                  fractions: Sequence[float] = FRACTIONS) -> dict[float, fx.GraphModule]:
+                  fractions: Sequence[float] = FRACTIONS, align: int = ALIGN) -> dict[float, fx.GraphModule]:
     """keep fraction -> the teacher pruned by global Taylor importance."""
     cg = fxscale.analyze(gm)
     imp = fxscale.importance(gm, bundle, batches=batches, resolution=resolution, cg=cg)
     out = {}
     for q in fractions:
-        widths, norm = taylor_widths(cg, imp, q)
+        widths, norm = taylor_widths(cg, imp, q, align)
         out[q] = fxscale.transform(gm, ScalingPlan(widths=widths), init="prune", importance=norm, cg=cg).eval()
     return out
 
 
 def pick_at_latency(latencies: dict[float, float], limit: float) -> float:
-    """The family member with the largest latency not above `limit` (the fastest one when none is)."""
+    """The largest family member (key: its keep fraction or MAC level) whose measured latency is not above `limit`;
+    the fastest member when none is. Largest, not slowest: latency is not monotone in the width (channel counts off
+    the runtime's blocking are slow), and at equal latency a baseline gets its biggest network."""
     ok = [k for k, v in latencies.items() if v <= limit]
-    return max(ok, key=latencies.__getitem__) if ok else min(latencies, key=latencies.__getitem__)
+    return max(ok) if ok else min(latencies, key=latencies.__getitem__)
 
 
-__all__ = ["FRACTIONS", "FinetuneConfig", "finetune", "pick_at_latency", "taylor_family", "taylor_widths",
+__all__ = ["ALIGN", "FRACTIONS", "FinetuneConfig", "finetune", "pick_at_latency", "taylor_family", "taylor_widths",
            "uniform_family"]

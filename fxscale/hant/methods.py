@@ -3,9 +3,9 @@ time every method in one interleaved session against the teacher, KD fine-tune t
 
 Method rows (results.json): ``teacher``, ``hant``, ``random``, ``greedy`` (the same distilled candidates chosen by
 the solver helper's baselines), ``uniform`` and ``taylor`` (channel pruning of the teacher, the family member with
-the largest measured latency not above HANT's), ``hacscale`` (the teacher shrunk by HACScale) and ``hant_scale``
-(HANT at a tighter budget, widened by HACScale): ladders of fxscale.hant.scaled picked the same way. latency_ratio is the median of per-round (method / teacher)
-ratios and latency_ratio_hi the upper end of its 95% interval (fxscale.hw.timing.median_ratio_interval).
+the largest keep fraction whose measured latency is not above HANT's), ``hacscale`` (the teacher shrunk by
+HACScale) and ``hant_scale`` (HANT at a tighter budget, widened by HACScale): ladders of fxscale.hant.scaled
+picked the same way. latency_ratio is the median of per-round (method / teacher) ratios and latency_ratio_hi the upper end of its 95% interval (fxscale.hw.timing.median_ratio_interval).
 test_top1_ci: a 95% t-interval over seeds when there are several, else the Wilson interval of the test set.
 """
 from __future__ import annotations

@@ -27,10 +27,11 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
            f"Score: `{results['score']}`. Phase 2 solved in {results['solve_s'] or float('nan'):.3f} s.", "",
            "## Methods at HANT's measured latency", "",
            "All students are fine-tuned by the same KD recipe "
-           f"({cfg.finetune_epochs} epochs, Adam {cfg.finetune_lr}); `uniform` and `taylor` are the pruned teachers "
-           "with the largest measured latency not above HANT's, and so are the rungs of `hacscale` (the teacher shrunk "
-           "by HACScale's Algorithm 1) and `hant_scale` (HANT at 0.75x the budget, then widened by HACScale). Latency ratios are measured end to end, interleaved "
-           "with the teacher.", "", methods_table(results["methods"]), "",
+           f"({cfg.finetune_epochs} epochs, Adam {cfg.finetune_lr}); `uniform` and `taylor` are the largest pruned "
+           "teachers (keep fraction; widths multiples of 8) whose measured latency is not above HANT's, and so are the "
+           "rungs of `hacscale` (the teacher shrunk by HACScale's Algorithm 1) and `hant_scale` (HANT at 0.75x the "
+           "budget, then widened by HACScale). Latency ratios are measured end to end, interleaved with the teacher.",
+           "", methods_table(results["methods"]), "",
            "## Per-site choices", "", "| site | kind | candidate | latency ms | teacher ms | score | val NMSE |",
            "|---|---|---|---|---|---|---|"]
     for r in results["sites"]:

@@ -3,7 +3,7 @@
 
 Both are *ladders* of width plans ordered by HACScale's Algorithm 1 (fxscale.scaling.greedy, rule="cost"); the
 pipeline times every rung with the other baselines in one interleaved session and keeps, like the pruning
-families, the rung with the largest measured latency not above HANT's (the measured back-off).
+families, the largest rung whose measured latency is not above HANT's (the measured back-off).
 - Importance: one power law a*C^b per channel group (fxscale.scaling.powerlaw.fit_predictor) fitted to the
   first-order Taylor importance of the model itself pruned uniformly to `LAW_FRACTIONS` of its widths. These
   samples are pruned from the trained model, not retrained (NeuralScale's prune-and-measure; HACScale's own
