@@ -34,6 +34,7 @@ def test_accelerate_writes_every_file_and_resumes(tmp_path, capsys):
     assert results["solve_s"] >= 0 and results["frontier"][0]["budget"] == 0.7  # no wall-clock assert: speed is benchmarks/hant_solver_speed.py
     report = (out / "report.md").read_text()
     assert "## Per-site choices" in report and "## Accuracy against latency" in report and "## Not done here" in report
+    assert "Per-pair latencies timed on the target" in report and results["latency_source"] == "measured"
     stages = sorted(p.name for p in (out / "stages").glob("*.json"))
     assert stages == ["distill.json", "latency.json", "results.json", "scores.json", "teacher.json"]
     before = (out / "stages" / "results.json").read_text()

@@ -180,7 +180,7 @@ def compare(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: di
     results = {"methods": rows, "plan": choice, "sites": site_rows, "corrections": corrections,
                "solve_s": sol.stats.solve_s if sol.stats else None, "budget_ms": limit,
                "teacher_ms": table.teacher_ms, "fixed_ms": table.fixed_ms, "additivity": table.additivity,
-               "frontier": frontier(acc, table, scores, distilled), "score": cfg.score,
+               "frontier": frontier(acc, table, scores, distilled), "score": cfg.score, "latency_source": table.source,
                "ladders": {name: {"rungs": sorted(lad.info), "laws": lad.laws, "note": lad.note}
                            for name, lad in ladders.items()}}
     if student is None:  # cfg.validate() demands at least one seed

@@ -42,8 +42,11 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
     for f in results["frontier"]:
         out.append(f"| {f['budget']:.2f}x | " + (f"{f['predicted_ratio']:.3f} | {100 * f['test_top1']:.2f}% |"
                                                  if f["feasible"] else "infeasible | - |"))
+    where = (f"predicted from the device profile {cfg.latency_profile}"
+             if results.get("latency_source") == "predicted" else "timed on the target")
     out += ["", "## Latency model", "",
-            "Measured end to end against predicted (L_fixed + sum of candidate latencies) in the solve loop:", ""]
+            f"Per-pair latencies {where}. Measured end to end against predicted (L_fixed + sum of candidate "
+            "latencies) in the solve loop:", ""]
     for c in results["corrections"]:
         out.append(f"- iteration {c['iteration']}: predicted {c['predicted_ms']:.4f} ms, measured "
                    f"{c['measured_ms']:.4f} ms (L_fixed {c['fixed_ms']:.4f} ms)" + (" (kept)" if c.get("kept") else ""))
@@ -58,7 +61,8 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
             "## Not done here", "",
             "- The HACScale rows (`hacscale`, `hant_scale`) fit importance laws on pruned, not retrained, copies "
             "and keep the data's resolution; HACScale's own trained samples and resolution scaling are "
-            "`fxscale scale`'s job.", "- Latencies come from measurement only (no latency-predictor option here)."]
+            "`fxscale scale`'s job.", "- The candidate library makes no multi-site candidates (one block replacing two "
+            "consecutive sites); the integer program takes them (fxscale.hant.solver.Option covers)."]
     for name, lad in results.get("ladders", {}).items():
         if lad.get("note"):
             out.append(f"- `{name}` has no row: {lad['note']}")
