@@ -294,6 +294,14 @@ def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["scale", "--alpha", "1.5", "--out", str(out)]) == 2
     assert "alpha must lie in (0, 1)" in capsys.readouterr().err and not out.exists()
+    assert main(["scale", "--sample-epochs", "4", "--sample-max-epochs", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sample-max-epochs must be 0 (no retraining) or >= --sample-epochs" in err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        main(["scale", "--importance-norm", "layer", "--out", str(out)])
+    assert e.value.code == 2 and "--importance-norm: invalid choice: 'layer'" in capsys.readouterr().err
+    assert not out.exists()
     assert main(["scale", "--latency-budget", "0.5x", "--samples", "3", "--out", str(out), "--methods", "",
                  "--runs", "4", "--warmup", "1"]) == 2
     assert "below the baseline's own latency" in capsys.readouterr().err

@@ -104,17 +104,26 @@ def predicted_additivity(predictor: Any, assemble_fn: Callable[[Mapping[str, str
     import torch
 
     import fxscale
+    choices = _random_choices(table, n, seed)
+    wholes = [float(predictor.predict(fxscale.trace(assemble_fn(c), torch.zeros(*input_shape)))) for c in choices]
+    return {**_additivity(table, choices, wholes), "predicted": True}
+
+
+def _random_choices(table: LatencyTable, n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
-    choices = [{s: rng.choice(sorted(specs)) for s, specs in table.table.items()} for _ in range(n)]
+    return [{s: rng.choice(sorted(specs)) for s, specs in table.table.items()} for _ in range(n)]
+
+
+def _additivity(table: LatencyTable, choices: Sequence[Mapping[str, str]], wholes: Sequence[float]) -> dict[str, Any]:
+    """The table's prediction of each assembly against its whole-model latency: mean and max relative error."""
     rows = []
-    for c in choices:
-        whole = float(predictor.predict(fxscale.trace(assemble_fn(c), torch.zeros(*input_shape))))
+    for c, whole in zip(choices, wholes):
         pred = table.predict(c)
-        rows.append({"predicted_ms": pred, "measured_ms": whole, "rel_error": (pred - whole) / whole if whole > 0
-                     else float("nan"), "what": "whole assembly predicted"})
+        rows.append({"predicted_ms": pred, "measured_ms": whole,
+                     "rel_error": (pred - whole) / whole if whole > 0 else float("nan")})
     errs = [abs(r["rel_error"]) for r in rows]
-    return {"n": n, "mean_abs_rel_error": statistics.fmean(errs) if errs else float("nan"),
-            "max_abs_rel_error": max(errs) if errs else float("nan"), "assemblies": rows, "predicted": True}
+    return {"n": len(rows), "mean_abs_rel_error": statistics.fmean(errs) if errs else float("nan"),
+            "max_abs_rel_error": max(errs) if errs else float("nan"), "assemblies": rows}
 
 
 def check_additivity(target: Any, assemble_fn: Callable[[Mapping[str, str]], fx.GraphModule],
@@ -122,17 +131,9 @@ def check_additivity(target: Any, assemble_fn: Callable[[Mapping[str, str]], fx.
                      seed: int = 0) -> dict[str, Any]:
     """Time `n` random assemblies and compare with the table's prediction: mean and max relative error."""
     from fxscale.hw.timing import measure_interleaved
-    rng = random.Random(seed)
-    choices = [{s: rng.choice(sorted(specs)) for s, specs in table.table.items()} for _ in range(n)]
+    choices = _random_choices(table, n, seed)
     timings = measure_interleaved(target, [(assemble_fn(c), tuple(input_shape)) for c in choices], proto)
-    rows = []
-    for c, t in zip(choices, timings):
-        pred = table.predict(c)
-        rows.append({"predicted_ms": pred, "measured_ms": float(t.value),
-                     "rel_error": (pred - t.value) / t.value if t.value > 0 else float("nan")})
-    errs = [abs(r["rel_error"]) for r in rows]
-    return {"n": n, "mean_abs_rel_error": statistics.fmean(errs) if errs else float("nan"),
-            "max_abs_rel_error": max(errs) if errs else float("nan"), "assemblies": rows}
+    return _additivity(table, choices, [float(t.value) for t in timings])
 
 
 __all__ = ["LatencyTable", "check_additivity", "measure_table", "predict_table", "predicted_additivity", "protocol"]

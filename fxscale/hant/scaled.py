@@ -48,13 +48,14 @@ class Ladder:
 
 
 def importance_laws(gm: fx.GraphModule, bundle: Any, resolution: Optional[tuple], batches: int = 4,
-                    fractions: Sequence[float] = LAW_FRACTIONS) -> ImportancePredictor:
+                    fractions: Sequence[float] = LAW_FRACTIONS, cg: Any = None) -> ImportancePredictor:
     """Per-group power laws of Taylor importance against width, from `gm` pruned to each fraction."""
-    cg = fxscale.analyze(gm)
+    cg = cg if cg is not None and cg.gm is gm else fxscale.analyze(gm)
     samples = []
     for f in fractions:
         m = gm if f == 1.0 else fxscale.transform(gm, ScalingPlan(widths=uniform_widths(cg, f)), init="prune", cg=cg)
-        samples.append(fxscale.importance(m, bundle, batches=batches, resolution=resolution))
+        samples.append(fxscale.importance(m, bundle, batches=batches, resolution=resolution,
+                                          cg=cg if m is gm else None))
     return fit_predictor(samples)
 
 
@@ -88,7 +89,7 @@ def ladder_plans(cg: Any, pred: ImportancePredictor, start: dict[str, int], refe
 def shrunk_teacher(gm: fx.GraphModule, bundle: Any, resolution: Optional[tuple], batches: int = 4) -> Ladder:
     """`hacscale`: the teacher shrunk by HACScale's importance-aware widths, one model per MAC rung."""
     cg = fxscale.analyze(gm)
-    pred = importance_laws(gm, bundle, resolution, batches)
+    pred = importance_laws(gm, bundle, resolution, batches, cg=cg)
     taylor = fxscale.importance(gm, bundle, batches=batches, resolution=resolution, cg=cg).channels
     plans = ladder_plans(cg, pred, uniform_widths(cg, FLOOR), _macs(cg, {}),
                          caps={g.name: g.width for g in cg.scalable})
@@ -107,7 +108,7 @@ def widened_student(student: fx.GraphModule, teacher: fx.GraphModule, bundle: An
     cg = fxscale.analyze(gm)
     if not cg.scalable:
         return Ladder()
-    pred = importance_laws(gm, bundle, resolution, batches)
+    pred = importance_laws(gm, bundle, resolution, batches, cg=cg)
     ref = _macs(fxscale.analyze(teacher), {})
     out = Ladder(laws=pred.to_dict())
     for lv, plan in ladder_plans(cg, pred, {g.name: g.width for g in cg.scalable}, ref).items():
