@@ -148,6 +148,33 @@ def _validate_transform(args: argparse.Namespace) -> None:
     check_model_args(args)
 
 
+PRESERVE_REL_TOL = 1e-4  # float32: max|new - old| / max|old| of a claimed-exact preserve transform
+
+
+def _preserve_check(gm: Any, cg: Any, new: Any, plan: Any) -> dict[str, Any]:
+    """Whether the rules claim ``preserve`` exact for this plan (ChannelGraph.preserve_exact), the reasons where
+    they do not, and the measured drift against the traced model on its own example input (widths and depths
+    only: a resolution change resizes the input, so nothing is measured then). A claim that does not hold warns."""
+    import torch
+
+    import fxscale
+    claimed, reasons = cg.preserve_exact(plan)
+    if plan.depths:
+        claimed, reasons = False, reasons + ["the plan changes depths (new blocks start as identities; not claimed)"]
+    out: dict[str, Any] = {"exact_claimed": claimed, "not_proven": reasons, "max_rel_diff": None}
+    if plan.resolution is None:
+        x = fxscale.tracing.example_inputs(gm)[0]
+        with torch.no_grad():
+            ref, got = gm.eval()(x), new.eval()(x)
+        if isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor) and ref.shape == got.shape:
+            drift = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            out["max_rel_diff"] = drift
+            if claimed and drift > PRESERVE_REL_TOL:
+                warnings.warn(f"preserve was claimed exact but the outputs differ by {drift:.2e} relative; please "
+                              "report this model")
+    return out
+
+
 def cmd_transform(args: argparse.Namespace) -> int:
     """Apply a plan (or a uniform --widen factor) and write the GraphModule, plan, model.pt2 and ONNX, all or none."""
     import fxscale
@@ -191,7 +218,15 @@ def cmd_transform(args: argparse.Namespace) -> int:
         problem = write_model_files(new, tmp, xin, contract, {"plan": json.loads(plan.to_json()), "model": args.model},
                                     log=lambda m: warnings.warn(m))
         summary["model_pt2"] = problem or "model.pt2"
+        if args.init == "preserve":
+            summary["preserve"] = _preserve_check(gm, cg, new, plan)
         (tmp / "report.json").write_text(json.dumps(summary, indent=2))
+    if args.init == "preserve":
+        pv = summary["preserve"]
+        drift = "" if pv["max_rel_diff"] is None else f", measured max rel diff {pv['max_rel_diff']:.1e}"
+        claim = ("exact (proven by the op rules)" if pv["exact_claimed"]
+                 else "not claimed exact: " + "; ".join(pv["not_proven"][:2]))
+        print(f"{args.model}: preserve {claim}{drift}")
     print(f"{args.model}: params {p0:,} -> {p1:,}, {changed} groups changed; wrote {Path(args.out) / 'model.pt'}, "
           f"{'model.pt2, ' if problem is None else ''}plan.json, model.onnx (opset {rep.opset}, max|diff| "
           f"{rep.max_abs_diff:.2e}), report.json")
