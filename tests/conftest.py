@@ -65,6 +65,18 @@ def zoo_model():
     return _helpers().cached_zoo_model
 
 
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """``(out, summary, logs)`` of one tiny ``fxscale scale`` run (test_pipeline's METHODS and TINY settings), run
+    once per session and shared by test_pipeline and test_stage_cache (which damage a copy, never this folder)."""
+    from fxscale.scaling.pipeline import Pipeline, ScaleConfig
+    from test_pipeline import METHODS, TINY
+    out = tmp_path_factory.mktemp("scale")
+    logs: list[str] = []
+    summary = Pipeline(ScaleConfig(methods=METHODS, **TINY), out, log=logs.append).run()
+    return out, summary, logs
+
+
 @pytest.fixture
 def digits():
     """The digits DataBundle (``get_dataset("digits")``), loaded once per session (handed out per test, so

@@ -30,13 +30,8 @@ OUTPUTS = ("plan.json", "model.pt", "model.onnx", "report.md", "results.json", "
            "accuracy_vs_latency.png", "utilization.png")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scale")
-    logs: list[str] = []
-    cfg = ScaleConfig(methods=METHODS, **TINY)
-    summary = Pipeline(cfg, out, log=logs.append).run()
-    return out, summary, logs
+# run_dir (tests/conftest.py): one session-wide `Pipeline(ScaleConfig(methods=METHODS, **TINY))` run, shared with
+# test_stage_cache (copied there before it is damaged)
 
 
 def test_outputs_and_report(run_dir):

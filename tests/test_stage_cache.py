@@ -10,7 +10,7 @@ import torch
 
 from fxscale.scaling.pipeline import Pipeline, ScaleConfig
 from fxscale.scaling.stages import load_weights, save_weights, stage_cached
-from test_pipeline import METHODS, TINY, run_dir  # noqa: F401 - the module-scoped pipeline run is reused
+from test_pipeline import METHODS, TINY  # run_dir (conftest): the session-wide pipeline run, copied here
 
 torch.set_num_threads(1)
 
@@ -36,20 +36,19 @@ def test_corrupt_stage_file_is_named_and_recomputed(tmp_path):
     assert any("resumed" in line for line in logs)
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_damaged_weights_retrain_on_rerun(run_dir, tmp_path, damage):  # noqa: F811
+def test_damaged_weights_retrain_on_rerun(run_dir, tmp_path):
+    """One rerun over two damaged weight files: one missing, one truncated; each is named, discarded and retrained."""
     src, _summary, _ = run_dir
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    victim = out / "stages" / "weights" / "hacscale_s0.pt"
-    if damage == "missing":
-        victim.unlink()
-    else:
-        victim.write_bytes(victim.read_bytes()[:100])
+    missing, truncated = (out / "stages" / "weights" / f"{m}_s0.pt" for m in ("hacscale", "uniform"))
+    missing.unlink()
+    truncated.write_bytes(truncated.read_bytes()[:100])
     logs: list[str] = []
     Pipeline(_cfg(), out, log=logs.append).run()
-    assert any(line.startswith("[train] discarding") and "hacscale_s0.pt" in line for line in logs), logs
-    assert set(load_weights(victim)) == set(load_weights(src / "stages" / "weights" / "hacscale_s0.pt"))
+    for victim in (missing, truncated):
+        assert any(line.startswith("[train] discarding") and victim.name in line for line in logs), logs
+        assert set(load_weights(victim)) == set(load_weights(src / "stages" / "weights" / victim.name))
 
 
 def test_weights_are_saved_atomically_and_loaded_weights_only(tmp_path):

@@ -126,14 +126,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def weights_problem(folder: Path, results: Mapping[str, Any], seeds: Sequence[int]) -> Optional[str]:
-    """Why the trained weights of a finished train stage are unusable (missing or unreadable), or None."""
+    """Why the trained weights of a finished train stage are unusable (each missing or unreadable file named), or
+    None."""
+    problems = []
     for name in results:
         for seed in seeds:
             path = folder / f"{name}_s{seed}.pt"
             if not path.is_file():
-                return f"trained weights {path} are missing"
+                problems.append(f"trained weights {path} are missing")
+                continue
             try:
                 load_weights(path)
             except Exception as e:  # noqa: BLE001 - any unreadable file: retrain
-                return f"trained weights {path} are unreadable ({type(e).__name__})"
-    return None
+                problems.append(f"trained weights {path} are unreadable ({type(e).__name__})")
+    return "; ".join(problems) or None
