@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="small proof run: 1 seed, 9 candidates, 256 samples, 1-epoch distill/fine-tune, 4 teacher epochs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "hant" / "run"),
                    help="stage folder (git-ignored; rerunning the same command resumes)")
+    p.add_argument("--append", action="store_true",
+                   help="keep the runs of other budgets/scores already in the summary JSON (same model, data, "
+                        "resolution and target), so budgets can be run in separate sessions")
     p.add_argument("--summary", default=str(ROOT / "benchmarks" / "results" / "hant"),
                    help="folder for hant_digits.json and hant_digits.md (kept in git)")
     a = p.parse_args(argv)
@@ -98,10 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.summary)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"hant_{a.data}"
+    for r in runs:
+        r["settings"] = vars(a)
+    if a.append and (out / f"{stem}.json").exists():
+        old = json.loads((out / f"{stem}.json").read_text())
+        same = all(old.get(k) == summary[k] for k in ("model", "resolution", "target"))
+        if not same:
+            raise SystemExit(f"--append: {out / stem}.json holds another model/resolution/target")
+        done = {(r["budget"], r["score"]) for r in runs}
+        kept = [{"settings": old.get("settings"), **r} for r in old["runs"] if (r["budget"], r["score"]) not in done]
+        runs[:] = sorted(kept + runs, key=lambda r: (r["budget"], r["score"]))
+        summary["phase1_s"] = max(phase1, old.get("phase1_s") or 0.0)  # a resumed phase 1 takes seconds
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=float))
     md = [f"# HANT on {a.data}: {a.model} at {a.resolution} px on {a.target}", "",
           f"teacher {table.teacher_ms:.3f} ms, test top-1 {100 * acc.teacher_info['test_acc']:.2f}%; "
-          f"{summary['pairs']} pairs; phase 1 {phase1:.0f} s; additivity "
+          f"{summary['pairs']} pairs; phase 1 {summary['phase1_s']:.0f} s; additivity "
           f"{table.additivity.get('mean_abs_rel_error', float('nan')):.1%} mean"]
     for r in runs:
         md += ["", f"## budget {r['budget']}x, score {r['score']}", "", methods_table(r["methods"])]
