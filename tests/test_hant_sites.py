@@ -182,3 +182,52 @@ def test_batchnorm_folding_keeps_numerics(mbv2):
     folded = fold_batchnorm(student)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(folded(x), student(x), rtol=1e-4, atol=1e-5)
+
+
+class _Branchy(nn.Module):
+    """Three conv-bn-relu sites in a chain; the first one's output is also read by the head (outside the second)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s0, self.s1, self.s2 = (nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+                                     for c in (3, 8, 8))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y0 = self.s0(x)
+        y2 = self.s2(self.s1(y0))
+        return self.fc(torch.cat([y2, y0], 1).mean((2, 3)))
+
+
+def test_two_site_regions_chain_and_assemble(mbv2, r18):
+    from fxscale.hant.sites import PAIR_SEP, find_pairs, merge_sites, pair_parts
+    gm, x = mbv2
+    sites = find_sites(gm)
+    pairs = find_pairs(gm, sites)
+    assert [i for i, _ in pairs] == list(range(len(sites) - 1))  # mobilenet_v2's sites form one chain
+    i, p = pairs[2]
+    a, b = sites[i], sites[i + 1]
+    assert p.name == f"{a.name}{PAIR_SEP}{b.name}" and pair_parts(p.name) == (a.name, b.name)
+    assert (p.kind, p.entry, p.output, p.in_shape, p.out_shape) == ("pair", a.entry, b.output, a.in_shape, b.out_shape)
+    assert p.stride == a.stride * b.stride and merge_sites(gm, b, a) is None  # order matters
+    torch.testing.assert_close(extract_site(gm, p)(gm_entry(gm, a, x)), gm_entry(gm, b, x, output=True))
+    torch.manual_seed(0)
+    student = assemble(gm, {p.name: p}, {p.name: create_candidate("ds_k3", p, None)})
+    assert student(x).shape == gm(x).shape
+    assert sum(str(n.target).startswith("hant_") for n in student.graph.nodes if n.op == "call_module") == 1
+    r_gm, _ = r18  # the stem's max pool sits between the stem site and layer1.0: no region spans it
+    r_sites = find_sites(r_gm)
+    assert r_sites[0].name == "conv1" and r_sites[1].name == "layer1.0" and r_sites[1].entry != r_sites[0].output
+    assert [i for i, _ in find_pairs(r_gm, r_sites)] == list(range(1, len(r_sites) - 1))
+    b_gm, _ = _trace(_Branchy(), (2, 3, 8, 8))
+    b_sites = find_sites(b_gm)
+    assert [s.name for s in b_sites] == ["s0", "s1", "s2"]
+    # s0's output also feeds the head: merging s0 and s1 would lose it; s1 -> s2 chains
+    assert [q.name for _, q in find_pairs(b_gm, b_sites)] == [f"s1{PAIR_SEP}s2"]
+
+
+def gm_entry(gm, site, x, output=False):
+    """The value of a site's entry (or output) node on input x."""
+    from fxscale.hant.distill import capture_sites
+    entry, out = capture_sites(gm, [site], [(x, None)], len(x))[site.name]
+    return out if output else entry

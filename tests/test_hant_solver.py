@@ -341,3 +341,23 @@ def test_a_solver_answer_far_over_budget_is_an_internal_error(monkeypatch):
         status=0, x=np.array(x), fun=float(np.dot(c, x)), message="", mip_node_count=0))
     with pytest.raises(RuntimeError, match="breaks a bound"):
         solve(toy(), 3.0)
+
+
+def test_two_site_options_through_table_choice_and_random_assemblies():
+    from fxscale.hant.latency import LatencyTable, _random_choices
+    from fxscale.hant.methods import choice_of
+    table = LatencyTable({"a": {"teacher": 1.0, "x": 0.5}, "b": {"teacher": 2.0, "x": 1.0},
+                          "c": {"teacher": 4.0, "x": 2.0}, "a+b": {"m": 0.25}, "b+c": {"m": 0.75}},
+                         teacher_ms=10.0, fixed_ms=3.0)
+    assert table.predict({}) == 10.0  # every site keeps its teacher
+    assert table.predict({"a+b": "m", "c": "x"}) == 3.0 + 0.25 + 2.0  # the pair replaces a and b
+    assert table.predict({"a": "x", "b+c": "m"}) == 3.0 + 0.5 + 0.75
+    for choice in _random_choices(table, 40, seed=1):
+        covered = [part for key in choice for part in key.split("+")]
+        assert sorted(covered) == ["a", "b", "c"]  # each site exactly once
+    assert any("+" in k for c in _random_choices(table, 40, seed=1) for k in c)
+    problem = Problem(("a", "b", "c"), (Option("x", (0,), 1.0, 0.5), Option("m", (1, 2), 2.0, 0.75),
+                                        Option("teacher", (1,), 0.0, 2.0), Option("teacher", (2,), 0.0, 4.0)),
+                      fixed_latency=3.0)
+    sol = solve(problem, 5.0)[0]
+    assert choice_of(problem, sol) == {"a": "x", "b+c": "m"}

@@ -82,7 +82,7 @@ def accelerate(model: nn.Module | str = "digits_resnet", data: str = "digits", t
     """
     budget = f"{latency_budget}x" if isinstance(latency_budget, (int, float)) else str(latency_budget)
     name = model if isinstance(model, str) else "module"
-    for k in ("candidates", "seeds", "baselines", "frontier"):
+    for k in ("candidates", "multi_site", "seeds", "baselines", "frontier"):
         if k in settings and settings[k] is not None:
             settings[k] = tuple(settings[k])
     known = set(AccelerateConfig.__dataclass_fields__)

@@ -28,6 +28,7 @@ def config_from_args(args: argparse.Namespace) -> AccelerateConfig:
         target=args.target, threads=args.threads, latency_budget=args.latency_budget,
         latency_profile=args.latency_profile,
         candidates=_names(args.candidates) if args.candidates else None, score=args.score,
+        multi_site=_names(args.multi_site) if args.multi_site else (),
         teacher_epochs=args.teacher_epochs, distill_epochs=args.distill_epochs, distill_samples=args.distill_samples,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, seed=args.seed,
         seeds=tuple(range(args.seeds)), baselines=_names(args.baselines) if args.baselines is not None else
@@ -99,6 +100,10 @@ def add_accelerate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", default=None,
                    help="candidate specs, comma separated (default: the grid of candidates.default_grid per site), "
                         "e.g. teacher,skip,cn_k3,ds_k3,ir_e3_k3,ir_e6_k5_se,er_e4_k3,prune_x0.5")
+    p.add_argument("--multi-site", default=None,
+                   help="candidate specs, comma separated, for one block replacing two consecutive sites that chain "
+                        "(depth reduction; the integer program covers each site exactly once), e.g. skip,ds_k3,"
+                        "ir_e3_k3 (default: none)")
     p.add_argument("--score", default=d.score, help="dloss (default), dacc or local")
     p.add_argument("--teacher-epochs", type=nonnegative_int, default=d.teacher_epochs, help="teacher training epochs")
     p.add_argument("--distill-epochs", type=nonnegative_int, default=d.distill_epochs, help="epochs per pair")

@@ -15,9 +15,10 @@ BASELINES = ("uniform", "taylor", "random", "greedy", "hacscale", "hant_scale")
 # stage -> (config fields it reads, upstream stages); a changed field reruns its stage and every stage below it
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "teacher": (("model", "data", "data_kw", "resolution", "teacher_epochs", "teacher_lr", "seed"), ()),
-    "latency": (("target", "threads", "runs", "warmup", "rounds", "candidates", "additivity", "latency_profile"),
+    "latency": (("target", "threads", "runs", "warmup", "rounds", "candidates", "multi_site", "additivity",
+                 "latency_profile"), ("teacher",)),
+    "distill": (("candidates", "multi_site", "distill_epochs", "distill_lr", "distill_samples", "batch_size"),
                 ("teacher",)),
-    "distill": (("candidates", "distill_epochs", "distill_lr", "distill_samples", "batch_size"), ("teacher",)),
     "scores": ((), ("distill",)),
     "results": (("latency_budget", "score", "finetune_epochs", "finetune_lr", "seeds", "baselines", "frontier"),
                 ("latency", "scores")),
@@ -50,6 +51,7 @@ class AccelerateConfig:
     latency_profile: Optional[str] = None  # device profile: predict the latency table instead of timing every pair
     latency_budget: str = "0.6x"
     candidates: Optional[tuple[str, ...]] = None  # None: candidates.default_grid per site
+    multi_site: tuple[str, ...] = ()  # specs of one block replacing two consecutive sites (depth reduction); (): none
     score: str = "dloss"
     teacher_epochs: int = 10  # train a zoo/spec teacher first (0: use its weights as built)
     teacher_lr: float = 2e-3
@@ -102,6 +104,12 @@ class AccelerateConfig:
             checks.append(("candidates", not unknown and "teacher" in self.candidates,
                            f"has unknown {unknown[:1]}; valid prefixes: {', '.join(candidate_prefixes())}"
                            if unknown else "must include 'teacher'"))
+        if self.multi_site:
+            from fxscale.hant.candidates import candidate_prefixes, parse_spec
+            bad_ms = [c for c in self.multi_site if parse_spec(c)[0] not in candidate_prefixes()
+                      or parse_spec(c)[0] in ("teacher", "prune")]
+            checks.append(("multi_site", not bad_ms, f"has {bad_ms[:1]}: a multi-site candidate is a new block "
+                           f"(not teacher or prune_x*); valid prefixes: {', '.join(candidate_prefixes())}"))
         for f, ok, msg in checks:
             if not ok:
                 raise PlanError(f"{name(f)} {msg}, got {getattr(self, f)!r}")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch.fx as fx
 from torch import nn
 
-from fxscale.hant.sites import Site
+from fxscale.hant.sites import PAIR_SEP, Site, pair_parts
 
 
 def protocol(target: Any, runs: int = 20, warmup: int = 5, rounds: int = 5) -> Any:
@@ -39,8 +39,12 @@ class LatencyTable:
     source: str = "measured"  # or "predicted" (predict_table)
 
     def predict(self, choice: Mapping[str, str]) -> float:
-        """L_fixed + the chosen candidates' latencies (sites not in `choice` keep the teacher)."""
-        return self.fixed_ms + sum(self.table[s].get(choice.get(s, "teacher"), 0.0) for s in self.table)
+        """L_fixed + the chosen candidates' latencies (sites not in `choice` keep the teacher; a multi-site key
+        ``"a+b"`` in `choice` replaces its sites)."""
+        covered = {part for key in choice if PAIR_SEP in key for part in pair_parts(key)}
+        return self.fixed_ms + sum(self.table[s][spec] for s, spec in choice.items() if PAIR_SEP in s) + sum(
+            self.table[s].get(choice.get(s, "teacher"), 0.0) for s in self.table
+            if PAIR_SEP not in s and s not in covered)
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "teacher_ms": self.teacher_ms, "fixed_ms": self.fixed_ms,
@@ -68,8 +72,7 @@ def measure_table(target: Any, teacher: nn.Module, input_shape: Sequence[int], s
     for (site, spec), t in zip(keys, timings[1:]):
         table[site][spec] = float(t.value)
     teacher_ms = float(timings[0].value)
-    fixed = teacher_ms - sum(table[s.name]["teacher"] for s in sites)
-    return LatencyTable(table, teacher_ms, fixed)
+    return LatencyTable(table, teacher_ms, teacher_ms - _teacher_sites(table))
 
 
 def predict_table(predictor: Any, teacher: fx.GraphModule, input_shape: Sequence[int], sites: Sequence[Site],
@@ -94,8 +97,12 @@ def predict_table(predictor: Any, teacher: fx.GraphModule, input_shape: Sequence
             done += 1
             if progress:
                 progress(done, total)
-    return LatencyTable(table, teacher_ms, teacher_ms - sum(table[s.name]["teacher"] for s in sites),
-                        source="predicted")
+    return LatencyTable(table, teacher_ms, teacher_ms - _teacher_sites(table), source="predicted")
+
+
+def _teacher_sites(table: Mapping[str, Mapping[str, float]]) -> float:
+    """The summed latency of the teacher's own sites (multi-site entries have no teacher: their sites do)."""
+    return sum(specs["teacher"] for s, specs in table.items() if PAIR_SEP not in s)
 
 
 def predicted_additivity(predictor: Any, assemble_fn: Callable[[Mapping[str, str]], fx.GraphModule],
@@ -110,8 +117,30 @@ def predicted_additivity(predictor: Any, assemble_fn: Callable[[Mapping[str, str
 
 
 def _random_choices(table: LatencyTable, n: int, seed: int) -> list[dict[str, str]]:
+    """`n` random assemblies: a random spec per site, and where a multi-site entry starts at a site, that entry
+    instead with probability 1/2 (so every site is covered exactly once)."""
     rng = random.Random(seed)
-    return [{s: rng.choice(sorted(specs)) for s, specs in table.table.items()} for _ in range(n)]
+    singles = [s for s in table.table if PAIR_SEP not in s]
+    starts: dict[str, list[str]] = {}
+    for key in table.table:
+        if PAIR_SEP in key:
+            starts.setdefault(pair_parts(key)[0], []).append(key)
+    out = []
+    for _ in range(n):
+        choice: dict[str, str] = {}
+        i = 0
+        while i < len(singles):
+            s = singles[i]
+            pairs = [k for k in starts.get(s, []) if table.table[k]]
+            if pairs and rng.random() < 0.5:
+                key = rng.choice(pairs)
+                choice[key] = rng.choice(sorted(table.table[key]))
+                i += len(pair_parts(key))
+                continue
+            choice[s] = rng.choice(sorted(table.table[s]))
+            i += 1
+        out.append(choice)
+    return out
 
 
 def _additivity(table: LatencyTable, choices: Sequence[Mapping[str, str]], wholes: Sequence[float]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from fxscale.hant.baselines import (
 from fxscale.hant.config import parse_budget
 from fxscale.hant.latency import LatencyTable, protocol
 from fxscale.hant.scores import Eval, score_of
+from fxscale.hant.sites import PAIR_SEP, pair_parts
 from fxscale.hant.solver import Option, Problem, Solution, solve
 
 MAX_CORRECTIONS = 2
@@ -39,23 +40,22 @@ def build_problem(acc: Any, table: LatencyTable, scores: dict[str, Any], distill
     """One option per legal (site, spec) with its score, measured latency and parameter count."""
     base = Eval(**scores["teacher"])
     options = []
-    for i, site in enumerate(acc.sites):
+    spans = [((i,), site) for i, site in enumerate(acc.sites)] + [((i, i + 1), site) for i, site in acc.pairs]
+    for covers, site in spans:  # a two-site region's options cover both sites (each site covered exactly once)
         for spec, module in acc.modules[site.name].items():
             ev = Eval(**scores["pairs"][site.name][spec])
             local = distilled[site.name][spec]["val_nmse"]
-            options.append(Option(spec, (i,), score_of(kind, base, ev, local), table.table[site.name][spec],
+            options.append(Option(spec, covers, score_of(kind, base, ev, local), table.table[site.name][spec],
                                   float(sum(p.numel() for p in module.parameters()))))
     return Problem(tuple(s.name for s in acc.sites), tuple(options),
                    fixed_latency=table.fixed_ms if fixed is None else fixed)
 
 
 def choice_of(problem: Problem, sol: Solution) -> dict[str, str]:
-    """site -> spec of a solution."""
-    out = {}
-    for j in sol.chosen:
-        for i in problem.options[j].covers:
-            out[problem.sites[i]] = problem.options[j].name
-    return out
+    """site -> spec of a solution, in site order; an option covering several sites is keyed by their joined name
+    (``"a+b"``, fxscale.hant.sites.PAIR_SEP), the region the pipeline distilled it for."""
+    picked = sorted((problem.options[j].covers, problem.options[j].name) for j in sol.chosen)
+    return {PAIR_SEP.join(problem.sites[i] for i in covers): name for covers, name in picked}
 
 
 def budget_ms(text: Any, teacher_ms: float) -> float:
@@ -173,10 +173,12 @@ def compare(acc: Any, table: LatencyTable, scores: dict[str, Any], distilled: di
                      "test_top1": statistics.fmean(accs), "test_top1_ci": _ci(accs, n_test), "seeds": len(accs),
                      "test_top1_per_seed": accs, "choice": choices[name]})
         acc.log(f"[results] {name}: latency x{r.ratio:.3f} (<= {r.high:.3f}), test top-1 {statistics.fmean(accs):.4f}")
-    site_rows = [{"site": s.name, "kind": s.kind, "spec": choice[s.name],
-                  "latency_ms": table.table[s.name][choice[s.name]], "teacher_ms": table.table[s.name]["teacher"],
-                  "score": next(o.score for o in problem.options if o.covers == (i,) and o.name == choice[s.name]),
-                  "val_nmse": distilled[s.name][choice[s.name]]["val_nmse"]} for i, s in enumerate(acc.sites)]
+    index = {s.name: i for i, s in enumerate(acc.sites)}
+    site_rows = [{"site": key, "kind": acc.site_map[key].kind, "spec": spec, "latency_ms": table.table[key][spec],
+                  "teacher_ms": sum(table.table[part]["teacher"] for part in pair_parts(key)),
+                  "score": next(o.score for o in problem.options if o.name == spec
+                                and o.covers == tuple(index[part] for part in pair_parts(key))),
+                  "val_nmse": distilled[key][spec]["val_nmse"]} for key, spec in choice.items()]
     results = {"methods": rows, "plan": choice, "sites": site_rows, "corrections": corrections,
                "solve_s": sol.stats.solve_s if sol.stats else None, "budget_ms": limit,
                "teacher_ms": table.teacher_ms, "fixed_ms": table.fixed_ms, "additivity": table.additivity,

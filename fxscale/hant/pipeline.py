@@ -26,7 +26,7 @@ from fxscale.hant.config import AccelerateConfig
 from fxscale.hant.distill import DistillConfig, PairJob, capture_sites, distill, safe_name, save_activations
 from fxscale.hant.latency import LatencyTable, check_additivity, measure_table, protocol
 from fxscale.hant.scores import evaluate_swap
-from fxscale.hant.sites import Site, find_sites
+from fxscale.hant.sites import Site, find_pairs, find_sites
 from fxscale.scaling.stages import load_weights, save_weights, stage_cached
 
 
@@ -67,7 +67,10 @@ class Accelerator:
         if not self.sites:
             raise CandidateError(f"model {cfg.model!r} has no site HANT can replace (no conv-norm-act layer, residual "
                                  "block or transformer block was found)")
-        self.site_map = {s.name: s for s in self.sites}
+        # multi-site candidates: (index of the first site, merged region) for consecutive sites that chain
+        self.pairs: list[tuple[int, Site]] = find_pairs(self.gm, self.sites) if cfg.multi_site else []
+        self.all_sites: list[Site] = self.sites + [p for _, p in self.pairs]
+        self.site_map = {s.name: s for s in self.all_sites}
         self.modules = self._candidates()
 
     # ---- teacher -------------------------------------------------------------------------------------
@@ -112,9 +115,12 @@ class Accelerator:
     def _candidates(self) -> dict[str, dict[str, nn.Module]]:
         """site -> spec -> module (legal specs only), built deterministically from the seed."""
         out: dict[str, dict[str, nn.Module]] = {}
-        for i, site in enumerate(self.sites):
+        for i, site in enumerate(self.all_sites):
             sub = extract_site(self.gm, site)
-            specs = list(self.cfg.candidates) if self.cfg.candidates is not None else default_grid(site)
+            if site.kind == "pair":  # one new block for two sites: no teacher (its sites keep theirs)
+                specs = [c for c in self.cfg.multi_site if c != "teacher"]
+            else:
+                specs = list(self.cfg.candidates) if self.cfg.candidates is not None else default_grid(site)
             out[site.name] = {}
             for j, spec in enumerate(specs):
                 torch.manual_seed(self.cfg.seed * 100003 + i * 1009 + j)
@@ -123,7 +129,9 @@ class Accelerator:
                 except CandidateError:
                     continue
         n = sum(len(v) for v in out.values())
-        self.log(f"[sites] {len(self.sites)} sites, {n} (site, candidate) pairs")
+        multi = (f"; {len(self.pairs)} two-site regions with {sum(len(out[p.name]) for _, p in self.pairs)} "
+                 "multi-site candidates") if self.pairs else ""
+        self.log(f"[sites] {len(self.sites)} sites, {n} (site, candidate) pairs{multi}")
         return out
 
     def assemble(self, choice: dict[str, str]) -> fx.GraphModule:
@@ -141,7 +149,7 @@ class Accelerator:
                 return self._predicted_table()
             self.log(f"[latency] timing {sum(len(v) for v in self.modules.values())} candidates and the teacher on "
                      f"{cfg.target}")
-            table = measure_table(self.target, self.gm, tuple(self.x.shape), self.sites, self.modules, proto,
+            table = measure_table(self.target, self.gm, tuple(self.x.shape), self.all_sites, self.modules, proto,
                                   progress=_progress_bar(cfg.progress, "latency"))
             if cfg.additivity:
                 table.additivity = check_additivity(self.target, self.assemble, table, tuple(self.x.shape), proto,
@@ -161,7 +169,7 @@ class Accelerator:
         self.log(f"[latency] predicting {sum(len(v) for v in self.modules.values())} candidates and the teacher from "
                  f"the device profile {cfg.latency_profile}")
         pred = LatencyPredictor(cfg.latency_profile)
-        table = predict_table(pred, self.gm, tuple(self.x.shape), self.sites, self.modules,
+        table = predict_table(pred, self.gm, tuple(self.x.shape), self.all_sites, self.modules,
                               progress=_progress_bar(cfg.progress, "latency"))
         if cfg.additivity:
             table.additivity = predicted_additivity(pred, self.assemble, table, tuple(self.x.shape),
@@ -183,8 +191,8 @@ class Accelerator:
                              max_samples=cfg.distill_samples, threads=cfg.threads)
 
         def run() -> dict[str, Any]:
-            train = capture_sites(self.gm, self.sites, self._batches("train"), cfg.distill_samples)
-            val = capture_sites(self.gm, self.sites, self._batches("val"), cfg.distill_samples)
+            train = capture_sites(self.gm, self.all_sites, self._batches("train"), cfg.distill_samples)
+            val = capture_sites(self.gm, self.all_sites, self._batches("val"), cfg.distill_samples)
             acts = save_activations(self.stages / "acts", train, val)
             del train, val
             jobs = [PairJob(s, spec, m, acts[s], str(self._pair_path(s, spec)),
@@ -231,7 +239,7 @@ class Accelerator:
             val = self._batches("val")
             base = evaluate_swap(self.gm, val)
             pairs: dict[str, Any] = {}
-            for site in self.sites:
+            for site in self.all_sites:
                 for spec, module in self.modules[site.name].items():
                     e = base if spec == "teacher" else evaluate_swap(self.gm, val, site, module)
                     pairs.setdefault(site.name, {})[spec] = {"loss": e.loss, "acc": e.acc}

@@ -61,8 +61,10 @@ def render(results: Mapping[str, Any], cfg: Any, distilled: Mapping[str, Any], t
             "## Not done here", "",
             "- The HACScale rows (`hacscale`, `hant_scale`) fit importance laws on pruned, not retrained, copies "
             "and keep the data's resolution; HACScale's own trained samples and resolution scaling are "
-            "`fxscale scale`'s job.", "- The candidate library makes no multi-site candidates (one block replacing two "
-            "consecutive sites); the integer program takes them (fxscale.hant.solver.Option covers)."]
+            "`fxscale scale`'s job."]
+    if not cfg.multi_site:
+        out.append("- No multi-site candidates (one block replacing two consecutive sites): ask for them with "
+                   "`--multi-site SPECS`.")
     for name, lad in results.get("ladders", {}).items():
         if lad.get("note"):
             out.append(f"- `{name}` has no row: {lad['note']}")

@@ -272,4 +272,38 @@ def find_sites(gm: fx.GraphModule) -> list[Site]:
     return sites
 
 
-__all__ = ["Site", "find_sites"]
+PAIR_SEP = "+"  # a multi-site name joins its sites' names (module scopes never contain it)
+
+
+def pair_parts(name: str) -> tuple[str, ...]:
+    """The site names a (multi-)site name covers: ``"a+b"`` -> ("a", "b"), ``"a"`` -> ("a",)."""
+    return tuple(name.split(PAIR_SEP))
+
+
+def merge_sites(gm: fx.GraphModule, a: Site, b: Site) -> Optional[Site]:
+    """Two consecutive sites as one region that a single candidate can replace (depth reduction), or None where
+    they do not chain: `b` must start at `a`'s output, and nothing outside `b` may read that output (a skip
+    connection around `b` would lose its source). The region is then single-entry (a's entry) and single-exit
+    (b's output), like every site."""
+    if b.entry != a.output or a.tokens != b.tokens:
+        return None
+    node = next((n for n in gm.graph.nodes if n.name == a.output), None)
+    inside = set(b.nodes)
+    if node is None or any(u.name not in inside for u in node.users):
+        return None
+    return Site(name=f"{a.name}{PAIR_SEP}{b.name}", kind="pair", nodes=a.nodes + b.nodes, entry=a.entry,
+                output=b.output, in_shape=a.in_shape, out_shape=b.out_shape, stride=a.stride * b.stride,
+                groups=a.groups + b.groups, residual=False, act=b.act, act_out=b.act_out, se=a.se or b.se)
+
+
+def find_pairs(gm: fx.GraphModule, sites: list[Site]) -> list[tuple[int, Site]]:
+    """(index of the first site, merged site) for every two consecutive sites that chain (merge_sites)."""
+    out = []
+    for i in range(len(sites) - 1):
+        merged = merge_sites(gm, sites[i], sites[i + 1])
+        if merged is not None:
+            out.append((i, merged))
+    return out
+
+
+__all__ = ["PAIR_SEP", "Site", "find_pairs", "find_sites", "merge_sites", "pair_parts"]
