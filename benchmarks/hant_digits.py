@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-samples", type=int, default=1024)
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--candidates", default=None, help="comma-separated specs (default: the full grid per site)")
+    p.add_argument("--baselines", default=None,
+                   help="comma-separated baselines run with the first score (default: all of AccelerateConfig's)")
     p.add_argument("--multi-site", default="", help="comma-separated specs of two-site candidates (default: none)")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                            latency_budget=f"{budgets[0]}x", score=kinds[0],
                            candidates=tuple(a.candidates.split(",")) if a.candidates else None,
                            multi_site=tuple(c for c in a.multi_site.split(",") if c),
+                           **({"baselines": tuple(b for b in a.baselines.split(",") if b)} if a.baselines is not None
+                              else {}),
                            teacher_epochs=a.teacher_epochs, teacher_lr=a.teacher_lr, distill_epochs=a.distill_epochs,
                            distill_samples=a.distill_samples, finetune_epochs=a.finetune_epochs,
                            seeds=tuple(range(a.seeds)), runs=a.runs, rounds=a.rounds, workers=a.workers,
