@@ -26,6 +26,44 @@ sys.path.insert(0, str(ROOT))
 QUICK_CANDIDATES = "teacher,skip,cn_k3,ds_k3,ir_e3_k3,ir_e6_k3_se,er_e4_k3,prune_x0.5,prune_x0.75"
 
 
+def paired_lines(run: dict) -> list[str]:
+    """HANT minus every other fine-tuned method, per seed (the seeds share their fine-tune seed and data split):
+    paired bootstrap mean difference in points with its 95% interval and p, Holm-adjusted over the run's family."""
+    from fxscale.scaling.stats import holm, paired_bootstrap
+    rows = {m["method"]: m for m in run["methods"] if m.get("test_top1_per_seed")}
+    if "hant" not in rows:
+        return []
+    hant = [100 * v for v in rows["hant"]["test_top1_per_seed"]]
+    diffs = {name: paired_bootstrap(hant, [100 * v for v in m["test_top1_per_seed"]])
+             for name, m in rows.items() if name != "hant"}
+    adj = holm({k: d.p_value for k, d in diffs.items()})
+    out = ["", "Paired differences, HANT minus each method (points; paired bootstrap over seeds, 95% interval; p "
+           "Holm-adjusted over this budget's comparisons):", ""]
+    for name, d in diffs.items():
+        out.append(f"- {name}: {d.mean:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}], p = {d.p_value:.3f} (Holm "
+                   f"{adj.adjusted[name]:.3f})")
+    return out
+
+
+def render(summary: dict, data: str) -> str:
+    """The summary markdown: the methods table and the paired differences of every (budget, score) run."""
+    from fxscale.hant.report import methods_table
+    md = [f"# HANT on {data}: {summary['model']} at {summary['resolution']} px on {summary['target']}", "",
+          f"teacher {summary['teacher_ms']:.3f} ms, test top-1 {100 * summary['teacher']['test_acc']:.2f}%; "
+          f"{summary['pairs']} pairs; phase 1 {summary['phase1_s']:.0f} s; additivity "
+          f"{summary['additivity'].get('mean_abs_rel_error', float('nan')):.1%} mean"]
+    if summary.get("command"):
+        md += ["", f"Command: `{summary['command']}`"]
+    if summary.get("note"):
+        md += ["", summary["note"]]
+    for r in summary["runs"]:
+        md += ["", f"## budget {r['budget']}x, score {r['score']}", "", methods_table(r["methods"])]
+        md += paired_lines(r)
+        md += ["", "HANT plan (`a+b`: one block for two sites): " + ", ".join(
+            f"{site} `{spec}`" for site, spec in r["plan"].items())]
+    return "\n".join(md) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mobilenet_v2", help="mobilenet_v2 or efficientnet_b0 (torchvision)")
@@ -58,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                         "resolution and target), so budgets can be run in separate sessions")
     p.add_argument("--summary", default=str(ROOT / "benchmarks" / "results" / "hant"),
                    help="folder for hant_digits.json and hant_digits.md (kept in git)")
+    p.add_argument("--render", metavar="JSON", default=None,
+                   help="only re-render the markdown next to this summary JSON (nothing is run)")
     a = p.parse_args(argv)
+    if a.render:
+        src = Path(a.render)
+        summary = json.loads(src.read_text())
+        src.with_suffix(".md").write_text(render(summary, summary["settings"]["data"]))
+        print(f"wrote {src.with_suffix('.md')}")
+        return 0
     if a.quick:
         a.seeds, a.distill_samples, a.distill_epochs, a.finetune_epochs = 1, 256, 1, 1
         a.teacher_epochs, a.candidates, a.runs, a.rounds = 8, a.candidates or QUICK_CANDIDATES, 10, 5
@@ -119,13 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         runs[:] = sorted(kept + runs, key=lambda r: (r["budget"], r["score"]))
         summary["phase1_s"] = max(phase1, old.get("phase1_s") or 0.0)  # a resumed phase 1 takes seconds
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=float))
-    md = [f"# HANT on {a.data}: {a.model} at {a.resolution} px on {a.target}", "",
-          f"teacher {table.teacher_ms:.3f} ms, test top-1 {100 * acc.teacher_info['test_acc']:.2f}%; "
-          f"{summary['pairs']} pairs; phase 1 {summary['phase1_s']:.0f} s; additivity "
-          f"{table.additivity.get('mean_abs_rel_error', float('nan')):.1%} mean"]
-    for r in runs:
-        md += ["", f"## budget {r['budget']}x, score {r['score']}", "", methods_table(r["methods"])]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    md = render(summary, a.data)
+    (out / f"{stem}.md").write_text(md)
     print(f"\nwrote {out / stem}.json and {stem}.md")
     return 0
 
