@@ -164,10 +164,12 @@ def _preserve_check(gm: Any, cg: Any, new: Any, plan: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"exact_claimed": claimed, "not_proven": reasons, "max_rel_diff": None}
     if plan.resolution is None:
         x = fxscale.tracing.example_inputs(gm)[0]
+        from torch.utils._pytree import tree_leaves
         with torch.no_grad():
-            ref, got = gm.eval()(x), new.eval()(x)
-        if isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor) and ref.shape == got.shape:
-            drift = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            ref, got = tree_leaves(gm.eval()(x)), tree_leaves(new.eval()(x))  # dense models return dicts
+        pairs = [(a, b) for a, b in zip(ref, got) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)]
+        if pairs and len(ref) == len(got) and all(a.shape == b.shape for a, b in pairs):
+            drift = max(float((b - a).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in pairs)
             out["max_rel_diff"] = drift
             if claimed and drift > PRESERVE_REL_TOL:
                 warnings.warn(f"preserve was claimed exact but the outputs differ by {drift:.2e} relative; please "

@@ -1,4 +1,5 @@
-"""Model zoo: torchvision classifiers and small digits CNNs by name, test-size specs and seeded re-initialisation.
+"""Model zoo: torchvision classifiers and segmentation models and small digits CNNs by name, test-size specs and
+seeded re-initialisation.
 
 googlenet and inception_v3 are built with ``aux_logits=True`` (and ``init_weights=True`` when no weights are
 given) so that train mode returns their auxiliary heads: a scaler that only looks at eval traces misses them.
@@ -41,13 +42,17 @@ REPRESENTATIVE_SLICE = (
 )
 SLOW_PARAMS_MILLIONS = 150.0  # regnet_y_128gf, vit_h_14, vit_l_16/32, convnext_large: seconds to build each
 _AUX_MODELS = ("googlenet", "inception_v3")
+_SEGMENTATION_PREFIXES = ("fcn", "deeplabv3", "lraspp")
 _FAMILY_PREFIXES = (
     "wide_resnet", "resnext", "resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet_v2", "efficientnet",
     "regnet_x", "regnet_y", "shufflenet_v2", "squeezenet", "densenet", "mnasnet", "convnext", "swin_v2", "swin",
-    "maxvit", "vit", "vgg", "alexnet", "googlenet", "inception_v3", "digits",
+    "maxvit", "vit", "vgg", "alexnet", "googlenet", "inception_v3", "digits", *_SEGMENTATION_PREFIXES,
 )
 _SMALL_INPUT = MappingProxyType({"inception_v3": 75, "vit": 224, "maxvit": 224, "digits": 8})
-_FULL_INPUT = MappingProxyType({"inception_v3": 299, "digits": 8})
+# torchvision's segmentation models (FCN, DeepLabV3, LR-ASPP): dict outputs {"out", "aux"} at the input's size,
+# trained at 520 px on 21 VOC classes; built without any backbone download unless weights are asked for
+_FULL_INPUT = MappingProxyType({"inception_v3": 299, "digits": 8, "fcn": 520, "deeplabv3": 520, "lraspp": 520})
+TASKS = ("classification", "segmentation")
 _TRAIN_INPUT = MappingProxyType({"inception_v3": 299})
 DEFAULT_SMALL_INPUT = 64
 
@@ -67,6 +72,7 @@ class ZooSpec:
     in_channels: int = 3
     num_classes: int = 1000
     fixed_input: bool = False  # built for one input size (timm ViTs): create_model(name, img_size=side) for others
+    task: str = "classification"  # or "segmentation": dense {"out", "aux"} outputs at the input's size
 
     def example_input(self, batch: int = 1, size: int | None = None, seed: int = 0) -> torch.Tensor:
         """A seeded random NCHW input at ``size`` (default: the small size)."""
@@ -142,8 +148,13 @@ _LOCAL_MODELS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
 
 
 def _torchvision_names() -> list[str]:
-    """Every torchvision classification builder name."""
-    return list(tvm.list_models(module=tvm))
+    """Every torchvision classification and segmentation builder name."""
+    return list(tvm.list_models(module=tvm)) + _segmentation_names()
+
+
+def _segmentation_names() -> list[str]:
+    """torchvision's semantic segmentation builders (torchvision.models.segmentation)."""
+    return list(tvm.list_models(module=tvm.segmentation))
 
 
 def _all_names() -> list[str]:
@@ -219,16 +230,22 @@ def get_spec(name: str) -> ZooSpec:
     small = _SMALL_INPUT.get(name, _SMALL_INPUT.get(family, DEFAULT_SMALL_INPUT))
     local = name in _LOCAL_MODELS
     params = _params_millions(name)
+    seg = family in _SEGMENTATION_PREFIXES
     return ZooSpec(name=name, family=family, small_input_size=small,
                    full_input_size=_FULL_INPUT.get(family, 224), train_input_size=_TRAIN_INPUT.get(name, small),
                    params_millions=params, in_slice=name in REPRESENTATIVE_SLICE,
                    slow=params > SLOW_PARAMS_MILLIONS, in_channels=1 if local else 3,
-                   num_classes=10 if local else 1000)
+                   num_classes=10 if local else 21 if seg else 1000,
+                   task="segmentation" if seg else "classification")
 
 
-def list_models(include_slow: bool = True) -> list[str]:
-    """All torchvision classification builders plus the built-in digits models, sorted."""
-    names = _all_names()
+def list_models(include_slow: bool = True, task: str | None = "classification") -> list[str]:
+    """Zoo names, sorted: ``task="classification"`` (default) the torchvision classifiers and the built-in digits
+    models, ``"segmentation"`` torchvision's FCN / DeepLabV3 / LR-ASPP models, None both."""
+    if task not in (None, *TASKS):
+        raise FxscaleError(f"task must be one of {', '.join(TASKS)} or None, got {task!r}")
+    seg = set(_segmentation_names())
+    names = [n for n in _all_names() if task is None or (n in seg) == (task == "segmentation")]
     return names if include_slow else [n for n in names if not get_spec(n).slow]
 
 
@@ -302,6 +319,8 @@ def _build(name: str, weights: str | None, num_classes: int | None, kwargs: dict
         kwargs.setdefault("aux_logits", True)
         if weights is None:
             kwargs.setdefault("init_weights", True)
+    if weights is None and name in _segmentation_names():
+        kwargs.setdefault("weights_backbone", None)  # torchvision would download ImageNet backbone weights
     return tvm.get_model(name, weights=weights, **kwargs)
 
 

@@ -36,6 +36,31 @@ def test_list_models_covers_torchvision_and_digits() -> None:
     assert {"vit_h_14", "regnet_y_128gf"}.isdisjoint(fast) and "resnet18" in fast
 
 
+def test_segmentation_models_are_in_the_zoo(monkeypatch, capsys) -> None:
+    seg = zoo.list_models(task="segmentation")
+    assert seg == sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
+    assert set(seg).isdisjoint(zoo.list_models()) and set(zoo.list_models(task=None)) == set(seg) | set(
+        zoo.list_models())
+    with pytest.raises(FxscaleError, match="task must be one of classification, segmentation"):
+        zoo.list_models(task="detection")
+    spec = zoo.get_spec("lraspp_mobilenet_v3_large")
+    assert (spec.task, spec.family, spec.num_classes, spec.full_input_size) == ("segmentation", "lraspp", 21, 520)
+    assert zoo.get_spec("fcn_resnet50").family == "fcn" and zoo.get_spec("resnet18").task == "classification"
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the zoo must not download weights unless asked")
+    import torchvision.models._api as tv_api
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_download)  # where torchvision's weights load from
+    model = zoo.create_model("lraspp_mobilenet_v3_large").eval()  # no ImageNet backbone download
+    with torch.no_grad():
+        out = model(spec.example_input(size=32))
+    assert set(out) == {"out"} and out["out"].shape == (1, 21, 32, 32)
+    from fxscale.cli import main
+    assert main(["analyze", "deeplabv3_mobilenet_v3_large", "--input-size", "32", "--json"]) == 0
+    import json
+    assert sum(g["scalable"] for g in json.loads(capsys.readouterr().out)) > 10
+
+
 def test_specs_record_measured_sizes() -> None:
     inception, vit, resnet = zoo.get_spec("inception_v3"), zoo.get_spec("vit_b_16"), zoo.get_spec("resnet18")
     assert (inception.small_input_size, inception.full_input_size, inception.train_input_size) == (75, 299, 299)
