@@ -230,7 +230,7 @@ def get_spec(name: str) -> ZooSpec:
     small = _SMALL_INPUT.get(name, _SMALL_INPUT.get(family, DEFAULT_SMALL_INPUT))
     local = name in _LOCAL_MODELS
     params = _params_millions(name)
-    seg = family in _SEGMENTATION_PREFIXES
+    seg = name in _segmentation_names()
     return ZooSpec(name=name, family=family, small_input_size=small,
                    full_input_size=_FULL_INPUT.get(family, 224), train_input_size=_TRAIN_INPUT.get(name, small),
                    params_millions=params, in_slice=name in REPRESENTATIVE_SLICE,

@@ -117,8 +117,8 @@ class Accelerator:
         out: dict[str, dict[str, nn.Module]] = {}
         for i, site in enumerate(self.all_sites):
             sub = extract_site(self.gm, site)
-            if site.kind == "pair":  # one new block for two sites: no teacher (its sites keep theirs)
-                specs = [c for c in self.cfg.multi_site if c != "teacher"]
+            if site.kind == "pair":  # one new block for two sites (validate refuses teacher/prune specs here)
+                specs = list(self.cfg.multi_site)
             else:
                 specs = list(self.cfg.candidates) if self.cfg.candidates is not None else default_grid(site)
             out[site.name] = {}
