@@ -5,12 +5,14 @@
 Profiles resnet18@64, mobilenet_v2@96, VGG-11-BN@64 (global-pool head: torchvision's 7x7 adaptive pool does not
 export to ONNX below 224 px) and the 8x8 digits models, then for each model draws `--plans` random plans (per-group
 widths x U(0.5, 2), resolution x U(0.75, 1.5), seeds disjoint from the calibration plans), predicts their latency and
-measures it in the same process: interleaved rounds, median of the runs. Runs are timed with the thread CPU clock
-(ORT computes on the calling thread with 1 intra-op thread, so this excludes time other processes hold the core on
-this shared machine) and, for reference, the wall clock. Prints the fraction within +-10 % and the MAPE per model,
-for the calibrated predictor (shared per-kind scales, plus per-model terms where they lower the leave-one-out
-error), the shared calibration alone and no calibration; then re-measures every plan minutes later (the noise
-floor). Writes benchmarks/results/predictor_accuracy.csv and the profile JSON next to it.
+measures it in the same process: chunks of 10 plans plus the unscaled model, interleaved rounds, median of the runs.
+Runs are timed with the thread CPU clock (ORT computes on the calling thread with 1 intra-op thread, so this excludes
+time other processes hold the core on this shared machine) and, for reference, the wall clock. Prints the fraction
+within +-10 % and the MAPE per model, for the calibrated predictor (shared per-kind scales, plus per-model terms
+where they lower the leave-one-out error), the shared calibration alone and no calibration, twice: for the absolute
+latency, and for the latency ratio to the unscaled model measured in the same rounds (what fxscale's budgets
+constrain, and robust to the machine drifting between chunks). Then re-measures every plan minutes later (the noise
+floor of both). Writes benchmarks/results/predictor_accuracy.csv and the profile JSON next to it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -55,11 +58,20 @@ def models() -> list:
             "digits_resnet@8", "digits_vgg@8"]
 
 
-def time_plans(target: OrtCpuTarget, items: list, budget_ms: float, rounds: int = 5, chunk: int = 10) -> list:
-    """(cpu median, wall median, cpu fastest-round median) ms per (model, input shape), interleaved in rounds."""
+def time_plans(target: OrtCpuTarget, items: list, budget_ms: float, rounds: int = 7, chunk: int = 10,
+               ref: Optional[tuple] = None) -> list:
+    """Per (model, input shape): (cpu median, wall median, cpu fastest-round median, ratio to ref) in ms.
+
+    Items are timed in chunks, interleaved in rounds (alternating order). With `ref` (the unscaled model and its
+    input shape), every chunk also times the reference in the same rounds, and the last field is the median over
+    rounds of (the item's median in the round) / (the reference's median in the round): a ratio measured in one
+    interleaved run, as fxscale's budgets are (a plan's latency relative to the baseline's), which cancels drift
+    that affects both alike. Without `ref` it is NaN.
+    """
     out = []
     for start in range(0, len(items), chunk):
-        runners = [target.prepare(m, s) for m, s in items[start:start + chunk]]
+        part = ([ref] if ref is not None else []) + items[start:start + chunk]
+        runners = [target.prepare(m, s) for m, s in part]
         for r in runners:
             for _ in range(3):
                 r.session.run(None, r.feed)
@@ -71,7 +83,7 @@ def time_plans(target: OrtCpuTarget, items: list, budget_ms: float, rounds: int 
         runs = [max(15, min(300, int(budget_ms / max(e, 1e-3)))) for e in est]
         cpu: list[list[float]] = [[] for _ in runners]
         wall: list[list[float]] = [[] for _ in runners]
-        fastest = [float("inf")] * len(runners)
+        per_round: list[list[float]] = [[] for _ in runners]
         for k in range(rounds):
             order = range(len(runners)) if k % 2 == 0 else reversed(range(len(runners)))
             for j in order:
@@ -83,8 +95,12 @@ def time_plans(target: OrtCpuTarget, items: list, budget_ms: float, rounds: int 
                     this.append((c1 - c0) / 1e6)
                     wall[j].append((w1 - w0) / 1e6)
                 cpu[j] += this
-                fastest[j] = min(fastest[j], statistics.median(this))
-        out += [(statistics.median(c), statistics.median(w), f) for c, w, f in zip(cpu, wall, fastest)]
+                per_round[j].append(statistics.median(this))
+        first = 1 if ref is not None else 0
+        for j in range(first, len(runners)):
+            ratio = (statistics.median(a / b for a, b in zip(per_round[j], per_round[0])) if ref is not None
+                     else float("nan"))
+            out.append((statistics.median(cpu[j]), statistics.median(wall[j]), min(per_round[j]), ratio))
     return out
 
 
@@ -154,20 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     for entry in resolve_models(models()):
         items, meta = [], []
+        ref = plan_model(entry.cg, ScalingPlan())  # the unscaled model: timed in every chunk (ratios)
+        ref_pred = {k: p.predict(entry.cg, ScalingPlan()) for k, p in preds.items()}
         for _ in range(args.plans):
             plan = random_plan(entry.cg, rng)
             model, shape = plan_model(entry.cg, plan)
             items.append((model, shape))
             meta.append((plan, {k: p.predict(entry.cg, plan) for k, p in preds.items()}))
-        times = time_plans(target, items, args.budget_ms)
-        for (plan, pred), (cpu, wall, fast), (_m, shape) in zip(meta, times, items):
+        times = time_plans(target, items, args.budget_ms, ref=ref)
+        for (plan, pred), (cpu, wall, fast, ratio), (_m, shape) in zip(meta, times, items):
             rows.append({"model": entry.name, "resolution": "x".join(map(str, shape[2:])), **pred,
+                         **{k.replace("_ms", "_ratio"): v / ref_pred[k] for k, v in pred.items()},
                          "measured_ms": cpu, "measured_wall_ms": wall, "measured_fastest_round_ms": fast,
-                         "plan": plan.to_json(indent=0)})
+                         "measured_ratio": ratio, "plan": plan.to_json(indent=0)})
         sub = [r for r in rows if r["model"] == entry.name]
         frac, mape = summarize(sub, "predicted_ms")
+        rfrac, rmape = summarize(sub, "predicted_ratio", "measured_ratio")
         print(f"  {entry.name:18s} {len(sub)} plans, measured {min(r['measured_ms'] for r in sub):.3f}-"
-              f"{max(r['measured_ms'] for r in sub):.3f} ms: within 10 % {frac:.0%}, MAPE {mape:.1%}", flush=True)
+              f"{max(r['measured_ms'] for r in sub):.3f} ms: within 10 % {frac:.0%}, MAPE {mape:.1%}; ratio to the "
+              f"unscaled model within 10 % {rfrac:.0%}, MAPE {rmape:.1%}", flush=True)
     t_eval = time.perf_counter() - t1
     if not args.no_repeat:  # measurement repeatability minutes later: the noise floor of the comparison
         print("re-measuring every plan (repeatability) ...", flush=True)
@@ -175,21 +196,32 @@ def main(argv: list[str] | None = None) -> int:
         for name in dict.fromkeys(r["model"] for r in rows):
             sub = [r for r in rows if r["model"] == name]
             items = [plan_model(entries[name].cg, fxscale_plan(r["plan"])) for r in sub]
-            for r, (cpu, _wall, _fast) in zip(sub, time_plans(target, items, args.budget_ms)):
-                r["remeasured_ms"] = cpu
+            again = time_plans(target, items, args.budget_ms, ref=plan_model(entries[name].cg, ScalingPlan()))
+            for r, (cpu, _wall, _fast, ratio) in zip(sub, again):
+                r["remeasured_ms"], r["remeasured_ratio"] = cpu, ratio
     print("\nfraction within +-10 % and MAPE against the measurement (CPU clock, median of all interleaved runs);"
-          " 'vs wall clock': the same runs' wall-clock median; 'vs fastest round': the median of the fastest round"
-          " (robust to co-tenant slowdown episodes); last column: a second measurement of the same plans minutes later"
-          " against the first (repeatability)")
+          " 'vs wall clock': the same runs' wall-clock median; 'vs fastest round': the fastest round's median"
+          " (robust to co-tenant slowdown episodes); 're-measurement': a second measurement of the same plans minutes"
+          " later against the first (repeatability)")
     print(f"{'model':18s} {'plans':>5s}  {'calibrated':>17s}  {'shared calib. only':>17s}  {'uncalibrated':>17s}  "
           f"{'vs wall clock':>17s}  {'vs fastest round':>17s}  {'re-measurement':>17s}")
     groups = [(name, [r for r in rows if r["model"] == name]) for name in dict.fromkeys(r["model"] for r in rows)]
-    for name, sub in groups + [("overall", rows), ("overall (no digits)",
-                                                   [r for r in rows if not r["model"].startswith("digits")])]:
+    groups += [("overall", rows), ("overall (no digits)", [r for r in rows if not r["model"].startswith("digits")])]
+    for name, sub in groups:
         cells = [summarize(sub, k) for k in preds] + [summarize(sub, "predicted_ms", "measured_wall_ms"),
                                                       summarize(sub, "predicted_ms", "measured_fastest_round_ms")]
         if "remeasured_ms" in sub[0]:
             cells.append(summarize(sub, "remeasured_ms"))
+        print(f"{name:18s} {len(sub):5d}  " + "  ".join(f"{f:6.0%} MAPE {m:5.1%}" for f, m in cells))
+    print("\nthe same for the latency RATIO to the unscaled model (what fxscale's budgets constrain: '1.5x' of the"
+          " baseline): predicted ratio vs the ratio measured in the same interleaved rounds (every chunk of plans"
+          " also times the unscaled model)")
+    print(f"{'model':18s} {'plans':>5s}  {'calibrated':>17s}  {'shared calib. only':>17s}  {'uncalibrated':>17s}  "
+          f"{'re-measurement':>17s}")
+    for name, sub in groups:
+        cells = [summarize(sub, k.replace("_ms", "_ratio"), "measured_ratio") for k in preds]
+        if "remeasured_ratio" in sub[0]:
+            cells.append(summarize(sub, "remeasured_ratio", "measured_ratio"))
         print(f"{name:18s} {len(sub):5d}  " + "  ".join(f"{f:6.0%} MAPE {m:5.1%}" for f, m in cells))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
