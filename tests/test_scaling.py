@@ -205,6 +205,25 @@ def test_s_search_and_tie_rule(traced_zoo):
     assert choose(cands[:2])["alpha"] == 0.25  # then the smaller alpha
 
 
+def test_tied_candidates_with_one_plan_share_one_timing():
+    """Identical plans are timed once: their tie goes to the smaller alpha, never to timing noise."""
+    from fxscale.scaling.alpha import choose, time_ties
+    calls = []
+
+    def measure(plans):  # a noisy clock: every timing differs, later ones faster
+        calls.append(list(plans))
+        return [1.0 - 0.01 * (len(calls) + k) for k in range(len(plans))]
+    cands = [{"alpha": a, "val_acc": v} for a, v in ((0.25, 0.99), (0.5, 0.99), (0.75, 0.99), (0.9, 0.5))]
+    keys, plans = ["p8", "p9", "p9", "p10"], ["plan8", "plan9", "plan9", "plan10"]
+    time_ties(cands, keys, plans, measure)
+    assert calls == [["plan8", "plan9"]]  # each distinct tied plan once, in one call; the untied one not at all
+    assert cands[1]["measured_ms"] == cands[2]["measured_ms"] < cands[0]["measured_ms"]
+    assert "measured_ms" not in cands[3] and choose(cands)["alpha"] == 0.5
+    one = [{"alpha": 0.5, "val_acc": 0.9}, {"alpha": 0.75, "val_acc": 0.9}]
+    time_ties(one, ["p", "p"], ["plan", "plan"], measure)  # one distinct plan: nothing to time
+    assert len(calls) == 1 and choose(one)["alpha"] == 0.5
+
+
 def test_param_tracker_matches_cost_model(traced_zoo):
     cg, _ = _resnet18_setup(traced_zoo)
     t = ParamTracker(cg, fxscale.ScalingPlan())

@@ -86,7 +86,24 @@ def choose(cands: list[dict[str, Any]]) -> dict[str, Any]:
     return min(tied, key=lambda c: (c.get("measured_ms", 0.0), c["alpha"]))
 
 
-TIE_RULE = ("highest validation top-1; ties (equal accuracy) go to the lower measured latency (interleaved median), "
-            "then to the smaller alpha")
+def time_ties(cands: list[dict[str, Any]], keys: list[str], plans: list[Any],
+              measure: Callable[[list[Any]], list[float]]) -> None:
+    """Set measured_ms on the candidates tied on validation when their plans differ: every distinct plan is timed
+    once, in one interleaved measure(plans) call, so candidates with the same plan share one figure and their tie
+    goes to the smaller alpha, not to timing noise. keys[i] identifies plans[i]."""
+    top = max(c["val_acc"] for c in cands)
+    tied = [i for i, c in enumerate(cands) if top - c["val_acc"] <= TIE_VAL]
+    first = {}
+    for i in tied:
+        first.setdefault(keys[i], i)
+    if len(first) < 2:
+        return
+    ms = dict(zip(first, measure([plans[i] for i in first.values()])))
+    for i in tied:
+        cands[i]["measured_ms"] = ms[keys[i]]
 
-__all__ = ["FLOPS_TOL", "TIE_RULE", "TIE_VAL", "choose", "equal_flops_plan", "search_s"]
+
+TIE_RULE = ("highest validation top-1; ties (equal accuracy) go to the lower measured latency (interleaved median; "
+            "each distinct plan timed once), then to the smaller alpha")
+
+__all__ = ["FLOPS_TOL", "TIE_RULE", "TIE_VAL", "choose", "equal_flops_plan", "search_s", "time_ties"]

@@ -203,7 +203,7 @@ class Pipeline:
         alphas = (cfg.alpha,) if cfg.alpha is not None else cfg.alphas
 
         def run() -> dict[str, Any]:
-            from fxscale.scaling.alpha import TIE_RULE, choose, equal_flops_plan, search_s
+            from fxscale.scaling.alpha import TIE_RULE, choose, equal_flops_plan, search_s, time_ties
             t0 = time.perf_counter()
             limited = budget.latency_ms is not None or budget.params is not None
             ev = Evaluator(self.cg, lat_model.predict, mode="input")
@@ -221,11 +221,7 @@ class Pipeline:
                 val = {keys[i]: o.result.best_val_acc for i, o in zip(first, outs)}
                 for c, k in zip(cands, keys):
                     c["val_acc"] = val[k]
-                top = max(c["val_acc"] for c in cands)
-                tied = [i for i, c in enumerate(cands) if top - c["val_acc"] <= 1e-9]
-                if len({keys[i] for i in tied}) > 1:  # the documented tie-break: measured latency, then alpha
-                    for i, st in zip(tied, self.measure([plans[i] for i in tied])):
-                        cands[i]["measured_ms"] = st.median
+                time_ties(cands, keys, plans, lambda ps: [st.median for st in self.measure(ps)])
                 out.update(alpha=choose(cands)["alpha"], epochs=len(first) * cfg.search_epochs)
             out["wall_s"] = time.perf_counter() - t0
             return out
