@@ -93,7 +93,7 @@ def time_ties(cands: list[dict[str, Any]], keys: list[str], plans: list[Any],
     goes to the smaller alpha, not to timing noise. keys[i] identifies plans[i]."""
     top = max(c["val_acc"] for c in cands)
     tied = [i for i, c in enumerate(cands) if top - c["val_acc"] <= TIE_VAL]
-    first = {}
+    first: dict[str, int] = {}  # each distinct tied plan -> its first candidate
     for i in tied:
         first.setdefault(keys[i], i)
     if len(first) < 2:
